@@ -1,0 +1,42 @@
+# carmp: `make demo` runs the main job, `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NATIVE_SRC := native/atomics.c native/lock.c native/hash.c
+NATIVE_HDR := native/carmp_native.h
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -g -O1 -pthread $(SANITIZE)
+PYTEST_WORKERS ?= auto
+
+.PHONY: test native-test py-test typecheck bench clean cleanup
+
+$(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) native/module.c
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+native/build/test_core: $(NATIVE_SRC) $(NATIVE_HDR) native/tests/test_core.c
+	mkdir -p native/build
+	$(CC) $(CFLAGS_TEST) $(NATIVE_SRC) native/tests/test_core.c -o $@
+
+native-test: native/build/test_core
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 ./native/build/test_core
+
+py-test: $(VENV)/.installed
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
+
+test: native-test typecheck py-test
+
+bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/bench_budget.py
+
+cleanup: $(VENV)/.installed
+	$(PY) -c "import carmp; [print('removed', s.name, '-', s.reason) for s in carmp.sweep()]"
+
+clean:
+	rm -rf build native/build *.egg-info carmp/*.so .pytest_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Shared-memory primitives; each module owns the byte layout of its segment."""

@@ -1,0 +1,43 @@
+"""Process identity that survives pid reuse: a pid plus its kernel start time.
+
+Owners of locks, leases and segments are recorded as (pid, start time) so that a
+recycled pid is never mistaken for the original, still-living owner.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot, or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            raw = stat.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses; fields after it are plain.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+_own_start: tuple[int, int] | None = None
+
+
+def own_identity() -> tuple[int, int]:
+    """(pid, start time) of the calling process, cached per process (fork-safe)."""
+    global _own_start
+    pid = os.getpid()
+    if _own_start is None or _own_start[0] != pid:
+        _own_start = (pid, process_start_time(pid) or 0)
+    return _own_start
+
+
+def is_alive(pid: int, start_time: int) -> bool:
+    """True while the process that had `start_time` still runs under `pid`."""
+    if pid <= 0:
+        return False
+    current = process_start_time(pid)
+    return current is not None and (start_time == 0 or current == start_time)

@@ -1,0 +1,66 @@
+/*
+ * carmp native core: a flat C API over caller-owned memory.
+ *
+ * No Python.h here. Every function works on memory the caller owns (usually a
+ * mapped shared-memory segment) and reports through carmp_status codes, so the
+ * core can be tested from plain C and bound to Python in one thin module.
+ *
+ * Words are 64-bit, naturally aligned; the caller checks bounds and alignment.
+ */
+#ifndef CARMP_NATIVE_H
+#define CARMP_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum carmp_status {
+    CARMP_OK = 0,
+    CARMP_OWNERDEAD = 1,       /* lock acquired; its previous owner died holding it */
+    CARMP_TIMEOUT = 2,         /* the deadline passed first */
+    CARMP_BUSY = 3,            /* try-lock: somebody else holds it */
+    CARMP_FULL = 4,            /* bounded add: the limit would be exceeded */
+    CARMP_NOT_OWNER = 5,       /* unlock by a thread that does not hold the lock */
+    CARMP_RELOCK = 6,          /* the calling thread already holds the lock */
+    CARMP_NOTRECOVERABLE = -1, /* the lock was abandoned without recovery */
+    CARMP_EINVAL = -2,         /* bad argument */
+    CARMP_ERRNO = -3           /* system error; errno says which */
+} carmp_status;
+
+/* ---- atomics on 64-bit words (sequentially consistent) ---------------- */
+uint64_t carmp_load(const uint64_t *word);
+void carmp_store(uint64_t *word, uint64_t value);
+uint64_t carmp_fetch_add(uint64_t *word, uint64_t delta);   /* returns old; wraps mod 2^64 */
+/* Swap in `desired` if the word equals *expected; otherwise *expected gets the current value. */
+int carmp_cas(uint64_t *word, uint64_t *expected, uint64_t desired); /* 1 swapped, 0 not */
+/* Add `delta` unless the result would exceed `limit`: CARMP_OK or CARMP_FULL; *old gets the prior value. */
+carmp_status carmp_add_bounded(uint64_t *word, uint64_t delta, uint64_t limit, uint64_t *old);
+/* Index of the first i < n with counters[i] >= limits[i], or -1. */
+int carmp_first_reached(const uint64_t *counters, const uint64_t *limits, size_t n);
+
+/* ---- robust cross-process lock ----------------------------------------
+ * Lives inside shared memory. If its owner dies, the next acquirer gets
+ * CARMP_OWNERDEAD (the lock is then held and consistent again; the caller
+ * repairs the guarded data). Timeouts are relative, in nanoseconds; < 0 waits
+ * forever. Layout: a process-shared robust pthread mutex, then the owner pid. */
+#define CARMP_LOCK_SIZE 64
+size_t carmp_lock_size(void);
+carmp_status carmp_lock_init(void *lock);
+carmp_status carmp_lock_try(void *lock);
+carmp_status carmp_lock_timed(void *lock, int64_t timeout_ns);
+carmp_status carmp_lock_release(void *lock);
+uint64_t carmp_lock_owner_pid(const void *lock);   /* 0 when free */
+carmp_status carmp_lock_destroy(void *lock);
+
+/* ---- checksums and hashing -------------------------------------------- */
+uint32_t carmp_crc32c(uint32_t crc, const void *data, size_t n);  /* pass 0 to start */
+uint64_t carmp_hash64(const void *data, size_t n, uint64_t seed);
+int carmp_crc32c_hardware(void);  /* 1 when SSE4.2 crc32 instructions are used */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

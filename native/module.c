@@ -1,0 +1,449 @@
+/*
+ * carmp._native: the thin Python binding of the native core.
+ *
+ * Region wraps a writable buffer (a mapped segment) and exposes word atomics and
+ * robust locks at byte offsets, checked for bounds and alignment. Status codes
+ * from the core become exceptions in exactly one place: raise_status().
+ * Blocking calls release the GIL, wait in short slices and check for signals
+ * between slices, so Ctrl-C raises KeyboardInterrupt instead of hanging.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <time.h>
+
+#include "carmp_native.h"
+
+#define WAIT_SLICE_NS 50000000LL /* how long one GIL-free wait lasts before checking signals */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *base; /* NULL once released */
+    Py_ssize_t size;
+    PyObject *closed_error; /* raised on use after release */
+} Region;
+
+static PyObject *raise_status(carmp_status status, const char *what) {
+    switch (status) {
+    case CARMP_TIMEOUT:
+        PyErr_Format(PyExc_TimeoutError, "%s timed out", what);
+        break;
+    case CARMP_NOT_OWNER:
+        PyErr_Format(PyExc_RuntimeError, "%s: the calling thread does not hold this lock", what);
+        break;
+    case CARMP_RELOCK:
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: the calling thread already holds this lock (it is not reentrant)",
+                     what);
+        break;
+    case CARMP_NOTRECOVERABLE:
+        PyErr_Format(PyExc_OSError,
+                     "%s: the lock was abandoned and cannot be recovered; recreate the segment",
+                     what);
+        break;
+    case CARMP_BUSY:
+        PyErr_Format(PyExc_BlockingIOError, "%s: busy", what);
+        break;
+    case CARMP_ERRNO:
+        PyErr_SetFromErrno(PyExc_OSError);
+        break;
+    default:
+        PyErr_Format(PyExc_SystemError, "%s: unexpected native status %d", what, (int)status);
+    }
+    return NULL;
+}
+
+static int64_t monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* ---- argument helpers ---------------------------------------------------- */
+
+static int ensure_open(Region *self) {
+    if (self->base != NULL) return 0;
+    PyErr_SetString(self->closed_error,
+                    "this carmp segment is closed; attach it again to keep using it");
+    return -1;
+}
+
+static char *address_at(Region *self, PyObject *offset_obj, Py_ssize_t width) {
+    if (ensure_open(self) < 0) return NULL;
+    Py_ssize_t offset = PyLong_AsSsize_t(offset_obj);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    if (offset < 0 || offset > self->size - width) {
+        PyErr_Format(PyExc_IndexError, "offset %zd (+%zd bytes) is outside the %zd-byte segment",
+                     offset, width, self->size);
+        return NULL;
+    }
+    if (offset % 8 != 0) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not 8-byte aligned", offset);
+        return NULL;
+    }
+    return self->base + offset;
+}
+
+static uint64_t *word_at(Region *self, PyObject *offset_obj) {
+    return (uint64_t *)address_at(self, offset_obj, 8);
+}
+
+/* A Python int as a 64-bit word: negatives wrap (two's complement), so deltas may be < 0. */
+static int as_word(PyObject *obj, uint64_t *out) {
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (value == -1 && PyErr_Occurred()) return -1;
+    if (overflow == 0) {
+        *out = (uint64_t)value;
+        return 0;
+    }
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(obj);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+        *out = u;
+        return 0;
+    }
+    PyErr_SetString(PyExc_OverflowError, "value is below -2**63");
+    return -1;
+}
+
+static int check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected) {
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected,
+                     nargs);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- Region lifecycle ------------------------------------------------------ */
+
+static int Region_init(Region *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"buffer", "closed_error", NULL};
+    PyObject *buffer, *closed_error = PyExc_ValueError;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:Region", kwlist, &buffer, &closed_error))
+        return -1;
+    if (self->base != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Region is already initialised");
+        return -1;
+    }
+    if (!PyExceptionClass_Check(closed_error)) {
+        PyErr_SetString(PyExc_TypeError, "closed_error must be an exception class");
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (((uintptr_t)self->view.buf) % 64 != 0) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(PyExc_ValueError, "a Region needs a 64-byte aligned buffer (an mmap)");
+        return -1;
+    }
+    self->base = self->view.buf;
+    self->size = self->view.len;
+    Py_INCREF(closed_error);
+    Py_XSETREF(self->closed_error, closed_error);
+    return 0;
+}
+
+static void Region_drop(Region *self) {
+    if (self->base != NULL) {
+        self->base = NULL;
+        PyBuffer_Release(&self->view);
+    }
+}
+
+static void Region_dealloc(Region *self) {
+    Region_drop(self);
+    Py_XDECREF(self->closed_error);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Region_release(Region *self, PyObject *Py_UNUSED(ignored)) {
+    Region_drop(self);
+    Py_RETURN_NONE;
+}
+
+/* ---- word atomics -------------------------------------------------------- */
+
+static PyObject *Region_load(Region *self, PyObject *offset) {
+    uint64_t *word = word_at(self, offset);
+    if (word == NULL) return NULL;
+    return PyLong_FromUnsignedLongLong(carmp_load(word));
+}
+
+static PyObject *Region_store(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t value, *word;
+    if (check_nargs("store", nargs, 2) < 0 || (word = word_at(self, args[0])) == NULL ||
+        as_word(args[1], &value) < 0)
+        return NULL;
+    carmp_store(word, value);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_fetch_add(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t delta, *word;
+    if (check_nargs("fetch_add", nargs, 2) < 0 || (word = word_at(self, args[0])) == NULL ||
+        as_word(args[1], &delta) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(carmp_fetch_add(word, delta));
+}
+
+static PyObject *Region_add_many(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1) return PyErr_Format(PyExc_TypeError, "add_many() needs an offset");
+    char *start = address_at(self, args[0], 8 * (nargs - 1));
+    if (start == NULL) return NULL;
+    uint64_t *words = (uint64_t *)start;
+    for (Py_ssize_t i = 1; i < nargs; i++) {
+        uint64_t delta;
+        if (as_word(args[i], &delta) < 0) return NULL;
+        if (delta != 0) carmp_fetch_add(&words[i - 1], delta);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_cas(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t expected, desired, *word;
+    if (check_nargs("cas", nargs, 3) < 0 || (word = word_at(self, args[0])) == NULL ||
+        as_word(args[1], &expected) < 0 || as_word(args[2], &desired) < 0)
+        return NULL;
+    return PyBool_FromLong(carmp_cas(word, &expected, desired));
+}
+
+static PyObject *Region_add_bounded(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint64_t delta, limit, old, *word;
+    if (check_nargs("add_bounded", nargs, 3) < 0 || (word = word_at(self, args[0])) == NULL ||
+        as_word(args[1], &delta) < 0 || as_word(args[2], &limit) < 0)
+        return NULL;
+    if (carmp_add_bounded(word, delta, limit, &old) == CARMP_FULL) return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(old);
+}
+
+static PyObject *Region_first_reached(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs("first_reached", nargs, 3) < 0) return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) return PyErr_Format(PyExc_ValueError, "count must be >= 0");
+    char *counters = address_at(self, args[0], 8 * n);
+    char *limits = counters ? address_at(self, args[1], 8 * n) : NULL;
+    if (limits == NULL) return NULL;
+    return PyLong_FromLong(
+        carmp_first_reached((const uint64_t *)counters, (const uint64_t *)limits, (size_t)n));
+}
+
+/* ---- raw bytes (headers, records) --------------------------------------------- */
+
+static PyObject *Region_read(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (check_nargs("read", nargs, 2) < 0) return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) return PyErr_Format(PyExc_ValueError, "length must be >= 0");
+    if (ensure_open(self) < 0) return NULL;
+    Py_ssize_t offset = PyLong_AsSsize_t(args[0]);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    if (offset < 0 || n > self->size || offset > self->size - n)
+        return PyErr_Format(PyExc_IndexError, "bytes [%zd, %zd) are outside the %zd-byte segment",
+                            offset, offset + n, self->size);
+    return PyBytes_FromStringAndSize(self->base + offset, n);
+}
+
+/* ---- robust lock ------------------------------------------------------------ */
+
+static void *lock_at(Region *self, PyObject *offset) {
+    return address_at(self, offset, CARMP_LOCK_SIZE);
+}
+
+static PyObject *Region_lock_init(Region *self, PyObject *offset) {
+    void *lock = lock_at(self, offset);
+    if (lock == NULL) return NULL;
+    carmp_status st = carmp_lock_init(lock);
+    if (st != CARMP_OK) return raise_status(st, "lock_init");
+    Py_RETURN_NONE;
+}
+
+/* acquire(offset, timeout=None) -> bool: True when the previous owner had died holding it. */
+static PyObject *Region_lock_acquire(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2)
+        return PyErr_Format(PyExc_TypeError, "lock_acquire(offset, timeout=None)");
+    void *lock = lock_at(self, args[0]);
+    if (lock == NULL) return NULL;
+    int64_t deadline = -1;
+    if (nargs == 2 && args[1] != Py_None) {
+        double timeout = PyFloat_AsDouble(args[1]);
+        if (timeout == -1.0 && PyErr_Occurred()) return NULL;
+        if (timeout < 0) return PyErr_Format(PyExc_ValueError, "timeout must be >= 0 or None");
+        deadline = monotonic_ns() + (int64_t)(timeout * 1e9);
+    }
+    carmp_status st = carmp_lock_try(lock);
+    while (st == CARMP_BUSY || st == CARMP_TIMEOUT) {
+        int64_t slice = WAIT_SLICE_NS;
+        if (deadline >= 0) {
+            int64_t remaining = deadline - monotonic_ns();
+            if (remaining <= 0) {
+                st = CARMP_TIMEOUT;
+                break;
+            }
+            if (remaining < slice) slice = remaining;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        st = carmp_lock_timed(lock, slice);
+        Py_END_ALLOW_THREADS
+        if (st == CARMP_TIMEOUT && PyErr_CheckSignals() < 0) return NULL;
+    }
+    if (st == CARMP_OK) Py_RETURN_FALSE;
+    if (st == CARMP_OWNERDEAD) Py_RETURN_TRUE;
+    return raise_status(st, "lock_acquire");
+}
+
+/* try(offset) -> None when busy, else bool as for acquire. */
+static PyObject *Region_lock_try(Region *self, PyObject *offset) {
+    void *lock = lock_at(self, offset);
+    if (lock == NULL) return NULL;
+    carmp_status st = carmp_lock_try(lock);
+    if (st == CARMP_BUSY) Py_RETURN_NONE;
+    if (st == CARMP_OK) Py_RETURN_FALSE;
+    if (st == CARMP_OWNERDEAD) Py_RETURN_TRUE;
+    return raise_status(st, "lock_try");
+}
+
+static PyObject *Region_lock_release(Region *self, PyObject *offset) {
+    void *lock = lock_at(self, offset);
+    if (lock == NULL) return NULL;
+    carmp_status st = carmp_lock_release(lock);
+    if (st != CARMP_OK) return raise_status(st, "lock_release");
+    Py_RETURN_NONE;
+}
+
+static PyObject *Region_lock_owner(Region *self, PyObject *offset) {
+    void *lock = lock_at(self, offset);
+    if (lock == NULL) return NULL;
+    return PyLong_FromUnsignedLongLong(carmp_lock_owner_pid(lock));
+}
+
+/* ---- type -------------------------------------------------------------------- */
+
+static PyObject *Region_get_size(Region *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(self->base ? self->size : 0);
+}
+
+static PyObject *Region_get_closed(Region *self, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(self->base == NULL);
+}
+
+static PyMethodDef Region_methods[] = {
+    {"load", (PyCFunction)Region_load, METH_O, "load(offset) -> int: atomic read of a word"},
+    {"store", (PyCFunction)(void (*)(void))Region_store, METH_FASTCALL,
+     "store(offset, value): atomic write of a word"},
+    {"fetch_add", (PyCFunction)(void (*)(void))Region_fetch_add, METH_FASTCALL,
+     "fetch_add(offset, delta) -> old: atomic add (negative deltas wrap)"},
+    {"add_many", (PyCFunction)(void (*)(void))Region_add_many, METH_FASTCALL,
+     "add_many(offset, *deltas): atomically add each delta to consecutive words"},
+    {"cas", (PyCFunction)(void (*)(void))Region_cas, METH_FASTCALL,
+     "cas(offset, expected, desired) -> bool: compare and swap"},
+    {"add_bounded", (PyCFunction)(void (*)(void))Region_add_bounded, METH_FASTCALL,
+     "add_bounded(offset, delta, limit) -> old, or -1 when the sum would exceed limit"},
+    {"first_reached", (PyCFunction)(void (*)(void))Region_first_reached, METH_FASTCALL,
+     "first_reached(counters, limits, n) -> first i with counter >= limit, or -1"},
+    {"read", (PyCFunction)(void (*)(void))Region_read, METH_FASTCALL,
+     "read(offset, n) -> bytes"},
+    {"lock_init", (PyCFunction)Region_lock_init, METH_O, "lock_init(offset)"},
+    {"lock_acquire", (PyCFunction)(void (*)(void))Region_lock_acquire, METH_FASTCALL,
+     "lock_acquire(offset, timeout=None) -> recovered: bool"},
+    {"lock_try", (PyCFunction)Region_lock_try, METH_O,
+     "lock_try(offset) -> None if busy, else recovered: bool"},
+    {"lock_release", (PyCFunction)Region_lock_release, METH_O, "lock_release(offset)"},
+    {"lock_owner", (PyCFunction)Region_lock_owner, METH_O, "lock_owner(offset) -> pid or 0"},
+    {"release", (PyCFunction)Region_release, METH_NOARGS,
+     "release(): drop the buffer; later calls raise closed_error"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Region_getset[] = {
+    {"size", (getter)Region_get_size, NULL, "bytes addressable (0 once released)", NULL},
+    {"closed", (getter)Region_get_closed, NULL, "True once released", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject RegionType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "carmp._native.Region",
+    .tp_basicsize = sizeof(Region),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Region(buffer, closed_error=ValueError): atomics and robust locks over a buffer",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Region_init,
+    .tp_dealloc = (destructor)Region_dealloc,
+    .tp_methods = Region_methods,
+    .tp_getset = Region_getset,
+};
+
+/* ---- module functions ------------------------------------------------------------ */
+
+static int bytes_of(PyObject *obj, Py_buffer *view, const char **data, Py_ssize_t *n) {
+    view->obj = NULL;
+    if (PyUnicode_Check(obj)) {
+        *data = PyUnicode_AsUTF8AndSize(obj, n);
+        return *data == NULL ? -1 : 0;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) return -1;
+    *data = view->buf;
+    *n = view->len;
+    return 0;
+}
+
+static PyObject *native_crc32c(PyObject *Py_UNUSED(module), PyObject *const *args,
+                               Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "crc32c(data, crc=0)");
+    uint64_t crc = 0;
+    if (nargs == 2 && as_word(args[1], &crc) < 0) return NULL;
+    Py_buffer view;
+    const char *data;
+    Py_ssize_t n;
+    if (bytes_of(args[0], &view, &data, &n) < 0) return NULL;
+    uint32_t result = carmp_crc32c((uint32_t)crc, data, (size_t)n);
+    if (view.obj) PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(result);
+}
+
+static PyObject *native_hash64(PyObject *Py_UNUSED(module), PyObject *const *args,
+                               Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "hash64(data, seed=0)");
+    uint64_t seed = 0;
+    if (nargs == 2 && as_word(args[1], &seed) < 0) return NULL;
+    Py_buffer view;
+    const char *data;
+    Py_ssize_t n;
+    if (bytes_of(args[0], &view, &data, &n) < 0) return NULL;
+    uint64_t result = carmp_hash64(data, (size_t)n, seed);
+    if (view.obj) PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(result);
+}
+
+static PyMethodDef module_methods[] = {
+    {"crc32c", (PyCFunction)(void (*)(void))native_crc32c, METH_FASTCALL,
+     "crc32c(data, crc=0) -> int: CRC32C of bytes or str (UTF-8), continuing from crc"},
+    {"hash64", (PyCFunction)(void (*)(void))native_hash64, METH_FASTCALL,
+     "hash64(data, seed=0) -> int: fast 64-bit hash of bytes or str (UTF-8)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "carmp._native",
+    "carmp's native core: word atomics, robust locks, crc32c and hashing.", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&RegionType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (m == NULL) return NULL;
+    PyObject *flags = Py_BuildValue("{s:i,s:i,s:i}", "HAVE_ROBUST_MUTEX", 1, "HAVE_CLOCKLOCK", 1,
+                                    "CRC32C_HARDWARE", carmp_crc32c_hardware());
+    if (flags == NULL || PyModule_AddObject(m, "flags", flags) < 0 ||
+        PyModule_AddIntConstant(m, "LOCK_SIZE", CARMP_LOCK_SIZE) < 0) {
+        Py_XDECREF(flags);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RegionType);
+    if (PyModule_AddObject(m, "Region", (PyObject *)&RegionType) < 0) {
+        Py_DECREF(&RegionType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
