@@ -2,15 +2,17 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-NATIVE_SRC := native/atomics.c native/lock.c native/hash.c
-NATIVE_HDR := native/carmp_native.h
+# the C core (no Python.h); module.c and bind_*.c are the Python binding
+NATIVE_SRC := $(filter-out native/module.c native/bind_%.c,$(wildcard native/*.c))
+BINDING_SRC := native/module.c $(wildcard native/bind_*.c)
+NATIVE_HDR := native/carmp_native.h native/binding.h
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -g -O1 -pthread $(SANITIZE)
 PYTEST_WORKERS ?= auto
 
 .PHONY: test native-test py-test typecheck bench clean cleanup
 
-$(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) native/module.c
+$(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) $(BINDING_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -20,7 +22,12 @@ native/build/test_core: $(NATIVE_SRC) $(NATIVE_HDR) native/tests/test_core.c
 	mkdir -p native/build
 	$(CC) $(CFLAGS_TEST) $(NATIVE_SRC) native/tests/test_core.c -o $@
 
-native-test: native/build/test_core
+native-test: native/build/test_core $(VENV)/.installed
+	# every C file, binding included, compiles warning-free
+	for f in $(NATIVE_SRC) $(BINDING_SRC); do \
+	  $(CC) -std=c11 -Wall -Wextra -Werror -fsyntax-only \
+	    -I$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])') $$f || exit 1; \
+	done
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 ./native/build/test_core
 
 py-test: $(VENV)/.installed

@@ -6,6 +6,7 @@ Knobs (environment variables):
   CARMP_COVERAGE=1  gcov instrumentation
 """
 
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -32,8 +33,9 @@ setup(
     ext_modules=[
         Extension(
             "carmp._native",
-            sources=["native/module.c", "native/atomics.c", "native/lock.c", "native/hash.c"],
-            depends=["native/carmp_native.h"],
+            # the core (*.c) plus the binding (module.c, bind_*.c); native/tests/ is C-only
+            sources=sorted(glob.glob("native/*.c")),
+            depends=["native/carmp_native.h", "native/binding.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args + ["-pthread"],
         )

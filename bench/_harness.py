@@ -85,12 +85,17 @@ def time_in_processes(prepare: Prepare, processes: int) -> float:
             started.append(process)
         for _, sender in pipes:
             sender.close()  # so that a worker that dies shows as EOF, not a hang
-        pending = {receiver: worker for (receiver, _), worker in zip(pipes, started)}
-        stamps = []
-        while pending:  # whichever worker reports or dies first, so a death fails fast
-            for ready in wait(list(pending)):
-                assert isinstance(ready, Connection)
-                stamps.append(_receive(ready, pending.pop(ready)))
+        # A worker's end shows on its sentinel: its pipe's EOF can lag, as the other
+        # workers inherited a copy of every sender.
+        owners: dict[object, tuple[Connection, BaseProcess]] = {}
+        for (receiver, _), worker in zip(pipes, started):
+            owners[receiver] = owners[worker.sentinel] = (receiver, worker)
+        stamps: dict[BaseProcess, tuple[int, int]] = {}
+        while len(stamps) < processes:
+            for ready in wait(owners):
+                receiver, worker = owners.pop(ready)
+                if worker not in stamps:
+                    stamps[worker] = _receive(receiver, worker)
     except BaseException:
         for worker in started:  # failure or Ctrl-C: stop the others now, not at their end
             worker.terminate()
@@ -101,19 +106,22 @@ def time_in_processes(prepare: Prepare, processes: int) -> float:
         for receiver, sender in pipes:
             receiver.close()
             sender.close()
-    return (max(end for _, end in stamps) - min(start for start, _ in stamps)) / 1e9
+    return (max(end for _, end in stamps.values()) - min(start for start, _ in stamps.values())) / 1e9
 
 
 def _receive(receiver: Connection, worker: BaseProcess) -> tuple[int, int]:
+    """The worker's (start, end) stamps; a worker that exited without them failed."""
     try:
-        start, end = receiver.recv()
+        if receiver.poll():
+            start, end = receiver.recv()
+            return int(start), int(end)
     except EOFError:
-        worker.join()
-        raise RuntimeError(
-            f"benchmark worker pid {worker.pid} exited with code {worker.exitcode} before "
-            "reporting; its traceback is above"
-        ) from None
-    return int(start), int(end)
+        pass
+    worker.join()
+    raise RuntimeError(
+        f"benchmark worker pid {worker.pid} exited with code {worker.exitcode} before "
+        "reporting; its traceback is above"
+    )
 
 
 def interleaved(measures: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:

@@ -25,6 +25,7 @@ typedef enum carmp_status {
     CARMP_FULL = 4,            /* bounded add: the limit would be exceeded */
     CARMP_NOT_OWNER = 5,       /* unlock by a thread that does not hold the lock */
     CARMP_RELOCK = 6,          /* the calling thread already holds the lock */
+    CARMP_INTERRUPTED = 7,     /* a signal arrived; the caller decides whether to retry */
     CARMP_NOTRECOVERABLE = -1, /* the lock was abandoned without recovery */
     CARMP_EINVAL = -2,         /* bad argument */
     CARMP_ERRNO = -3           /* system error; errno says which */
@@ -54,6 +55,15 @@ carmp_status carmp_lock_timed(void *lock, int64_t timeout_ns);
 carmp_status carmp_lock_release(void *lock);
 uint64_t carmp_lock_owner_pid(const void *lock);   /* 0 when free */
 carmp_status carmp_lock_destroy(void *lock);
+
+/* ---- sleeping until a word changes (futex) ------------------------------
+ * carmp_wait sleeps while *word == expected, at most timeout_ns (< 0: no limit):
+ * CARMP_OK when woken or the word differs, CARMP_TIMEOUT, CARMP_INTERRUPTED.
+ * carmp_wake wakes up to `count` sleepers (< 0: all) and returns how many woke.
+ * Waiters and wakers must agree on the address; use the low half of a 64-bit word
+ * (little-endian) to keep 8-byte alignment. */
+carmp_status carmp_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
+int carmp_wake(uint32_t *word, int count);
 
 /* ---- checksums and hashing -------------------------------------------- */
 uint32_t carmp_crc32c(uint32_t crc, const void *data, size_t n);  /* pass 0 to start */

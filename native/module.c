@@ -3,28 +3,17 @@
  *
  * Region wraps a writable buffer (a mapped segment) and exposes word atomics and
  * robust locks at byte offsets, checked for bounds and alignment. Status codes
- * from the core become exceptions in exactly one place: raise_status().
+ * from the core become exceptions in exactly one place: carmp_raise_status().
  * Blocking calls release the GIL, wait in short slices and check for signals
  * between slices, so Ctrl-C raises KeyboardInterrupt instead of hanging.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "binding.h" /* first: Python.h sets the feature macros */
+
 #include <errno.h>
+#include <limits.h>
 #include <time.h>
 
-#include "carmp_native.h"
-
-#define WAIT_SLICE_NS 50000000LL /* how long one GIL-free wait lasts before checking signals */
-
-typedef struct {
-    PyObject_HEAD
-    Py_buffer view;
-    char *base; /* NULL once released */
-    Py_ssize_t size;
-    PyObject *closed_error; /* raised on use after release */
-} Region;
-
-static PyObject *raise_status(carmp_status status, const char *what) {
+PyObject *carmp_raise_status(carmp_status status, const char *what) {
     switch (status) {
     case CARMP_TIMEOUT:
         PyErr_Format(PyExc_TimeoutError, "%s timed out", what);
@@ -45,6 +34,12 @@ static PyObject *raise_status(carmp_status status, const char *what) {
     case CARMP_BUSY:
         PyErr_Format(PyExc_BlockingIOError, "%s: busy", what);
         break;
+    case CARMP_FULL:
+        PyErr_Format(PyExc_BufferError, "%s: full", what);
+        break;
+    case CARMP_EINVAL:
+        PyErr_Format(PyExc_ValueError, "%s: invalid argument", what);
+        break;
     case CARMP_ERRNO:
         PyErr_SetFromErrno(PyExc_OSError);
         break;
@@ -54,10 +49,30 @@ static PyObject *raise_status(carmp_status status, const char *what) {
     return NULL;
 }
 
-static int64_t monotonic_ns(void) {
+int64_t carmp_monotonic_ns(void) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+int carmp_deadline_from(PyObject *timeout, int64_t *deadline) {
+    *deadline = -1;
+    if (timeout == NULL || timeout == Py_None) return 0;
+    double seconds = PyFloat_AsDouble(timeout);
+    if (seconds == -1.0 && PyErr_Occurred()) return -1;
+    if (!(seconds >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be >= 0 or None");
+        return -1;
+    }
+    *deadline = carmp_monotonic_ns() + (int64_t)(seconds * 1e9);
+    return 0;
+}
+
+int64_t carmp_next_slice(int64_t deadline) {
+    if (deadline < 0) return CARMP_WAIT_SLICE_NS;
+    int64_t remaining = deadline - carmp_monotonic_ns();
+    if (remaining <= 0) return 0;
+    return remaining < CARMP_WAIT_SLICE_NS ? remaining : CARMP_WAIT_SLICE_NS;
 }
 
 /* ---- argument helpers ---------------------------------------------------- */
@@ -69,7 +84,7 @@ static int ensure_open(Region *self) {
     return -1;
 }
 
-static char *address_at(Region *self, PyObject *offset_obj, Py_ssize_t width) {
+char *carmp_region_address(Region *self, PyObject *offset_obj, Py_ssize_t width) {
     if (ensure_open(self) < 0) return NULL;
     Py_ssize_t offset = PyLong_AsSsize_t(offset_obj);
     if (offset == -1 && PyErr_Occurred()) return NULL;
@@ -86,11 +101,11 @@ static char *address_at(Region *self, PyObject *offset_obj, Py_ssize_t width) {
 }
 
 static uint64_t *word_at(Region *self, PyObject *offset_obj) {
-    return (uint64_t *)address_at(self, offset_obj, 8);
+    return (uint64_t *)carmp_region_address(self, offset_obj, 8);
 }
 
 /* A Python int as a 64-bit word: negatives wrap (two's complement), so deltas may be < 0. */
-static int as_word(PyObject *obj, uint64_t *out) {
+int carmp_as_word(PyObject *obj, uint64_t *out) {
     int overflow = 0;
     long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (value == -1 && PyErr_Occurred()) return -1;
@@ -108,7 +123,7 @@ static int as_word(PyObject *obj, uint64_t *out) {
     return -1;
 }
 
-static int check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected) {
+int carmp_check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected) {
     if (nargs != expected) {
         PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected,
                      nargs);
@@ -174,8 +189,8 @@ static PyObject *Region_load(Region *self, PyObject *offset) {
 
 static PyObject *Region_store(Region *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t value, *word;
-    if (check_nargs("store", nargs, 2) < 0 || (word = word_at(self, args[0])) == NULL ||
-        as_word(args[1], &value) < 0)
+    if (carmp_check_nargs("store", nargs, 2) < 0 || (word = word_at(self, args[0])) == NULL ||
+        carmp_as_word(args[1], &value) < 0)
         return NULL;
     carmp_store(word, value);
     Py_RETURN_NONE;
@@ -183,20 +198,20 @@ static PyObject *Region_store(Region *self, PyObject *const *args, Py_ssize_t na
 
 static PyObject *Region_fetch_add(Region *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t delta, *word;
-    if (check_nargs("fetch_add", nargs, 2) < 0 || (word = word_at(self, args[0])) == NULL ||
-        as_word(args[1], &delta) < 0)
+    if (carmp_check_nargs("fetch_add", nargs, 2) < 0 || (word = word_at(self, args[0])) == NULL ||
+        carmp_as_word(args[1], &delta) < 0)
         return NULL;
     return PyLong_FromUnsignedLongLong(carmp_fetch_add(word, delta));
 }
 
 static PyObject *Region_add_many(Region *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 1) return PyErr_Format(PyExc_TypeError, "add_many() needs an offset");
-    char *start = address_at(self, args[0], 8 * (nargs - 1));
+    char *start = carmp_region_address(self, args[0], 8 * (nargs - 1));
     if (start == NULL) return NULL;
     uint64_t *words = (uint64_t *)start;
     for (Py_ssize_t i = 1; i < nargs; i++) {
         uint64_t delta;
-        if (as_word(args[i], &delta) < 0) return NULL;
+        if (carmp_as_word(args[i], &delta) < 0) return NULL;
         if (delta != 0) carmp_fetch_add(&words[i - 1], delta);
     }
     Py_RETURN_NONE;
@@ -204,28 +219,28 @@ static PyObject *Region_add_many(Region *self, PyObject *const *args, Py_ssize_t
 
 static PyObject *Region_cas(Region *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t expected, desired, *word;
-    if (check_nargs("cas", nargs, 3) < 0 || (word = word_at(self, args[0])) == NULL ||
-        as_word(args[1], &expected) < 0 || as_word(args[2], &desired) < 0)
+    if (carmp_check_nargs("cas", nargs, 3) < 0 || (word = word_at(self, args[0])) == NULL ||
+        carmp_as_word(args[1], &expected) < 0 || carmp_as_word(args[2], &desired) < 0)
         return NULL;
     return PyBool_FromLong(carmp_cas(word, &expected, desired));
 }
 
 static PyObject *Region_add_bounded(Region *self, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t delta, limit, old, *word;
-    if (check_nargs("add_bounded", nargs, 3) < 0 || (word = word_at(self, args[0])) == NULL ||
-        as_word(args[1], &delta) < 0 || as_word(args[2], &limit) < 0)
+    if (carmp_check_nargs("add_bounded", nargs, 3) < 0 || (word = word_at(self, args[0])) == NULL ||
+        carmp_as_word(args[1], &delta) < 0 || carmp_as_word(args[2], &limit) < 0)
         return NULL;
     if (carmp_add_bounded(word, delta, limit, &old) == CARMP_FULL) return PyLong_FromLong(-1);
     return PyLong_FromUnsignedLongLong(old);
 }
 
 static PyObject *Region_first_reached(Region *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (check_nargs("first_reached", nargs, 3) < 0) return NULL;
+    if (carmp_check_nargs("first_reached", nargs, 3) < 0) return NULL;
     Py_ssize_t n = PyLong_AsSsize_t(args[2]);
     if (n == -1 && PyErr_Occurred()) return NULL;
     if (n < 0) return PyErr_Format(PyExc_ValueError, "count must be >= 0");
-    char *counters = address_at(self, args[0], 8 * n);
-    char *limits = counters ? address_at(self, args[1], 8 * n) : NULL;
+    char *counters = carmp_region_address(self, args[0], 8 * n);
+    char *limits = counters ? carmp_region_address(self, args[1], 8 * n) : NULL;
     if (limits == NULL) return NULL;
     return PyLong_FromLong(
         carmp_first_reached((const uint64_t *)counters, (const uint64_t *)limits, (size_t)n));
@@ -234,7 +249,7 @@ static PyObject *Region_first_reached(Region *self, PyObject *const *args, Py_ss
 /* ---- raw bytes (headers, records) --------------------------------------------- */
 
 static PyObject *Region_read(Region *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (check_nargs("read", nargs, 2) < 0) return NULL;
+    if (carmp_check_nargs("read", nargs, 2) < 0) return NULL;
     Py_ssize_t n = PyLong_AsSsize_t(args[1]);
     if (n == -1 && PyErr_Occurred()) return NULL;
     if (n < 0) return PyErr_Format(PyExc_ValueError, "length must be >= 0");
@@ -250,14 +265,14 @@ static PyObject *Region_read(Region *self, PyObject *const *args, Py_ssize_t nar
 /* ---- robust lock ------------------------------------------------------------ */
 
 static void *lock_at(Region *self, PyObject *offset) {
-    return address_at(self, offset, CARMP_LOCK_SIZE);
+    return carmp_region_address(self, offset, CARMP_LOCK_SIZE);
 }
 
 static PyObject *Region_lock_init(Region *self, PyObject *offset) {
     void *lock = lock_at(self, offset);
     if (lock == NULL) return NULL;
     carmp_status st = carmp_lock_init(lock);
-    if (st != CARMP_OK) return raise_status(st, "lock_init");
+    if (st != CARMP_OK) return carmp_raise_status(st, "lock_init");
     Py_RETURN_NONE;
 }
 
@@ -267,23 +282,14 @@ static PyObject *Region_lock_acquire(Region *self, PyObject *const *args, Py_ssi
         return PyErr_Format(PyExc_TypeError, "lock_acquire(offset, timeout=None)");
     void *lock = lock_at(self, args[0]);
     if (lock == NULL) return NULL;
-    int64_t deadline = -1;
-    if (nargs == 2 && args[1] != Py_None) {
-        double timeout = PyFloat_AsDouble(args[1]);
-        if (timeout == -1.0 && PyErr_Occurred()) return NULL;
-        if (timeout < 0) return PyErr_Format(PyExc_ValueError, "timeout must be >= 0 or None");
-        deadline = monotonic_ns() + (int64_t)(timeout * 1e9);
-    }
+    int64_t deadline;
+    if (carmp_deadline_from(nargs == 2 ? args[1] : NULL, &deadline) < 0) return NULL;
     carmp_status st = carmp_lock_try(lock);
     while (st == CARMP_BUSY || st == CARMP_TIMEOUT) {
-        int64_t slice = WAIT_SLICE_NS;
-        if (deadline >= 0) {
-            int64_t remaining = deadline - monotonic_ns();
-            if (remaining <= 0) {
-                st = CARMP_TIMEOUT;
-                break;
-            }
-            if (remaining < slice) slice = remaining;
+        int64_t slice = carmp_next_slice(deadline);
+        if (slice == 0) {
+            st = CARMP_TIMEOUT;
+            break;
         }
         Py_BEGIN_ALLOW_THREADS
         st = carmp_lock_timed(lock, slice);
@@ -292,7 +298,7 @@ static PyObject *Region_lock_acquire(Region *self, PyObject *const *args, Py_ssi
     }
     if (st == CARMP_OK) Py_RETURN_FALSE;
     if (st == CARMP_OWNERDEAD) Py_RETURN_TRUE;
-    return raise_status(st, "lock_acquire");
+    return carmp_raise_status(st, "lock_acquire");
 }
 
 /* try(offset) -> None when busy, else bool as for acquire. */
@@ -303,14 +309,14 @@ static PyObject *Region_lock_try(Region *self, PyObject *offset) {
     if (st == CARMP_BUSY) Py_RETURN_NONE;
     if (st == CARMP_OK) Py_RETURN_FALSE;
     if (st == CARMP_OWNERDEAD) Py_RETURN_TRUE;
-    return raise_status(st, "lock_try");
+    return carmp_raise_status(st, "lock_try");
 }
 
 static PyObject *Region_lock_release(Region *self, PyObject *offset) {
     void *lock = lock_at(self, offset);
     if (lock == NULL) return NULL;
     carmp_status st = carmp_lock_release(lock);
-    if (st != CARMP_OK) return raise_status(st, "lock_release");
+    if (st != CARMP_OK) return carmp_raise_status(st, "lock_release");
     Py_RETURN_NONE;
 }
 
@@ -318,6 +324,44 @@ static PyObject *Region_lock_owner(Region *self, PyObject *offset) {
     void *lock = lock_at(self, offset);
     if (lock == NULL) return NULL;
     return PyLong_FromUnsignedLongLong(carmp_lock_owner_pid(lock));
+}
+
+/* ---- sleeping until a word changes ----------------------------------------------- */
+
+/* wait(offset, expected, timeout=None) -> bool: False on timeout. Sleeps while the low
+ * 32 bits of the word equal `expected`; wakes on wake(), a change, or a signal. */
+static PyObject *Region_wait(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 2 || nargs > 3)
+        return PyErr_Format(PyExc_TypeError, "wait(offset, expected, timeout=None)");
+    uint32_t *word = (uint32_t *)carmp_region_address(self, args[0], 8);
+    uint64_t expected;
+    int64_t deadline;
+    if (word == NULL || carmp_as_word(args[1], &expected) < 0 ||
+        carmp_deadline_from(nargs == 3 ? args[2] : NULL, &deadline) < 0)
+        return NULL;
+    for (;;) {
+        int64_t slice = carmp_next_slice(deadline);
+        if (slice == 0) Py_RETURN_FALSE;
+        carmp_status st;
+        Py_BEGIN_ALLOW_THREADS
+        st = carmp_wait(word, (uint32_t)expected, slice);
+        Py_END_ALLOW_THREADS
+        if (st == CARMP_OK) Py_RETURN_TRUE;
+        if (st == CARMP_ERRNO) return carmp_raise_status(st, "wait");
+        if (PyErr_CheckSignals() < 0) return NULL; /* timeout slice or EINTR */
+    }
+}
+
+/* wake(offset, count=-1) -> int: wake up to `count` sleepers on the word (-1: all). */
+static PyObject *Region_wake(Region *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "wake(offset, count=-1)");
+    uint32_t *word = (uint32_t *)carmp_region_address(self, args[0], 8);
+    if (word == NULL) return NULL;
+    long count = -1;
+    if (nargs == 2 && (count = PyLong_AsLong(args[1])) == -1 && PyErr_Occurred()) return NULL;
+    int woken = carmp_wake(word, count < 0 || count > INT_MAX ? -1 : (int)count);
+    if (woken < 0) return carmp_raise_status(CARMP_ERRNO, "wake");
+    return PyLong_FromLong(woken);
 }
 
 /* ---- type -------------------------------------------------------------------- */
@@ -353,6 +397,11 @@ static PyMethodDef Region_methods[] = {
      "lock_try(offset) -> None if busy, else recovered: bool"},
     {"lock_release", (PyCFunction)Region_lock_release, METH_O, "lock_release(offset)"},
     {"lock_owner", (PyCFunction)Region_lock_owner, METH_O, "lock_owner(offset) -> pid or 0"},
+    {"wait", (PyCFunction)(void (*)(void))Region_wait, METH_FASTCALL,
+     "wait(offset, expected, timeout=None) -> bool: sleep while the word's low 32 bits == "
+     "expected; False on timeout"},
+    {"wake", (PyCFunction)(void (*)(void))Region_wake, METH_FASTCALL,
+     "wake(offset, count=-1) -> int: wake sleepers on the word"},
     {"release", (PyCFunction)Region_release, METH_NOARGS,
      "release(): drop the buffer; later calls raise closed_error"},
     {NULL, NULL, 0, NULL}};
@@ -362,7 +411,7 @@ static PyGetSetDef Region_getset[] = {
     {"closed", (getter)Region_get_closed, NULL, "True once released", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
-static PyTypeObject RegionType = {
+PyTypeObject RegionType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "carmp._native.Region",
     .tp_basicsize = sizeof(Region),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -392,7 +441,7 @@ static PyObject *native_crc32c(PyObject *Py_UNUSED(module), PyObject *const *arg
                                Py_ssize_t nargs) {
     if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "crc32c(data, crc=0)");
     uint64_t crc = 0;
-    if (nargs == 2 && as_word(args[1], &crc) < 0) return NULL;
+    if (nargs == 2 && carmp_as_word(args[1], &crc) < 0) return NULL;
     Py_buffer view;
     const char *data;
     Py_ssize_t n;
@@ -406,7 +455,7 @@ static PyObject *native_hash64(PyObject *Py_UNUSED(module), PyObject *const *arg
                                Py_ssize_t nargs) {
     if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "hash64(data, seed=0)");
     uint64_t seed = 0;
-    if (nargs == 2 && as_word(args[1], &seed) < 0) return NULL;
+    if (nargs == 2 && carmp_as_word(args[1], &seed) < 0) return NULL;
     Py_buffer view;
     const char *data;
     Py_ssize_t n;
@@ -424,8 +473,12 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "carmp._native",
-    "carmp's native core: word atomics, robust locks, crc32c and hashing.", -1, module_methods};
+    PyModuleDef_HEAD_INIT,
+    .m_name = "carmp._native",
+    .m_doc = "carmp's native core: word atomics, robust locks, futex waits, crc32c and hashing.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
 
 PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&RegionType) < 0) return NULL;

@@ -194,6 +194,30 @@ static void test_fetch_add_across_processes(void) {
     passed++;
 }
 
+static void test_wait_and_wake(void) {
+    uint32_t *word = shared_pages(4096);
+    *word = 0;
+    CHECK(carmp_wait(word, 1, -1) == CARMP_OK);       /* differs: returns at once */
+    CHECK(carmp_wait(word, 0, 1000000) == CARMP_TIMEOUT);
+    CHECK(carmp_wake(word, -1) == 0);                  /* nobody sleeps */
+    pid_t child = fork();
+    if (child == 0) {
+        /* sleep until the parent bumps the word; a bounded wait keeps a bug from hanging */
+        while (__atomic_load_n(word, __ATOMIC_SEQ_CST) == 0) {
+            if (carmp_wait(word, 0, 5000000000LL) == CARMP_TIMEOUT) _exit(1);
+        }
+        _exit(0);
+    }
+    usleep(20000);
+    __atomic_store_n(word, 1, __ATOMIC_SEQ_CST);
+    carmp_wake(word, -1);
+    int status = 0;
+    waitpid(child, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    munmap(word, 4096);
+    passed++;
+}
+
 int main(void) {
     test_atomics();
     test_add_bounded();
@@ -205,6 +229,7 @@ int main(void) {
     test_lock_owner_exit_without_unlock();
     test_lock_mutual_exclusion();
     test_fetch_add_across_processes();
+    test_wait_and_wake();
     printf("native: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
