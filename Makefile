@@ -18,17 +18,22 @@ $(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) $(BINDIN
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-native/build/test_core: $(NATIVE_SRC) $(NATIVE_HDR) native/tests/test_core.c
-	mkdir -p native/build
-	$(CC) $(CFLAGS_TEST) $(NATIVE_SRC) native/tests/test_core.c -o $@
+# one sanitized binary per native/tests/test_*.c, each linked with the whole core
+NATIVE_TESTS := $(patsubst native/tests/%.c,native/build/%,$(wildcard native/tests/test_*.c))
 
-native-test: native/build/test_core $(VENV)/.installed
+native/build/test_%: native/tests/test_%.c $(NATIVE_SRC) $(NATIVE_HDR)
+	mkdir -p native/build
+	$(CC) $(CFLAGS_TEST) $(NATIVE_SRC) $< -o $@
+
+native-test: $(NATIVE_TESTS) $(VENV)/.installed
 	# every C file, binding included, compiles warning-free
 	for f in $(NATIVE_SRC) $(BINDING_SRC); do \
 	  $(CC) -std=c11 -Wall -Wextra -Werror -fsyntax-only \
 	    -I$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])') $$f || exit 1; \
 	done
-	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 ./native/build/test_core
+	for t in $(NATIVE_TESTS); do \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $$t || exit 1; \
+	done
 
 py-test: $(VENV)/.installed
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
