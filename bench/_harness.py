@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 START_TIMEOUT = 60.0  # seconds a worker waits at the start barrier for the others
@@ -84,10 +85,10 @@ def time_in_processes(prepare: Prepare, processes: int) -> float:
             process.start()
             started.append(process)
         for _, sender in pipes:
-            sender.close()  # so that a worker that dies shows as EOF, not a hang
-        # A worker's end shows on its sentinel: its pipe's EOF can lag, as the other
-        # workers inherited a copy of every sender.
-        owners: dict[object, tuple[Connection, BaseProcess]] = {}
+            sender.close()  # the workers hold their own copies
+        # Watch the sentinels as well as the pipes: a dead worker's pipe shows no EOF
+        # while the other workers live, as each inherited every sender.
+        owners: dict[Any, tuple[Connection, BaseProcess]] = {}  # receivers and sentinels
         for (receiver, _), worker in zip(pipes, started):
             owners[receiver] = owners[worker.sentinel] = (receiver, worker)
         stamps: dict[BaseProcess, tuple[int, int]] = {}

@@ -94,6 +94,7 @@ class LockedCounters:
 
 @contextmanager
 def carmp_budget() -> Iterator[Attach]:
+    """The subject; workers attach it by name, as carmp's own workers do."""
     budget = CoordinationBudget(LIMITS)
     try:
         def attach() -> Gate:
@@ -107,7 +108,8 @@ def carmp_budget() -> Iterator[Attach]:
 
 @contextmanager
 def mp_value_peer() -> Iterator[Attach]:
-    # Anonymous shared memory reaches the workers through fork; nothing to unlink.
+    """Peer: the stdlib's shared ints under their own lock, what code reaches for first.
+    The anonymous shared memory reaches workers through fork; there is nothing to unlink."""
     array = multiprocessing.get_context("fork").Array(ctypes.c_longlong, WORDS)
 
     def attach() -> Gate:
@@ -120,8 +122,9 @@ def mp_value_peer() -> Iterator[Attach]:
 
 @contextmanager
 def posix_sem_peer() -> Iterator[Attach]:
-    # Unique names outside carmp's "carmp-" namespace, so that `carmp cleanup` and the
-    # test suite's leak checks never see them; unlinked by the creator even on Ctrl-C.
+    """Peer: the fastest lock-based gate measured before carmp (~2.5M ops/s, 2 processes).
+    Its names are unique and outside carmp's "carmp-" namespace, so `carmp cleanup` and
+    the tests' leak checks never see them; the creator unlinks them even on Ctrl-C."""
     base = f"/bench-budget-{os.getpid()}-{secrets.token_hex(4)}"
     shm_name, sem_name = base + "-shm", base + "-sem"
     creator = os.getpid()
@@ -172,6 +175,7 @@ def workload(attach: Attach, iterations: int) -> Prepare:
 
 
 def ops_per_second(attach: Attach, iterations: int, processes: int) -> Callable[[], float]:
+    """A measure for interleaved(): total ops/s, both calls of each iteration counted."""
     prepare = workload(attach, iterations)
     ops = 2 * iterations * processes
     return lambda: ops / time_in_processes(prepare, processes)
@@ -209,7 +213,8 @@ def report(spreads: dict[str, Spread], ops: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        description="Budget gate throughput: carmp vs mp.Value+lock vs a posix_ipc semaphore.")
     parser.add_argument("--ops", type=int, default=DEFAULT_OPS,
                         help=f"ops per process per measurement (default {DEFAULT_OPS:,})")
     parser.add_argument("--quick", action="store_true",

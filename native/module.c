@@ -64,6 +64,7 @@ int carmp_deadline_from(PyObject *timeout, int64_t *deadline) {
         PyErr_SetString(PyExc_ValueError, "timeout must be >= 0 or None");
         return -1;
     }
+    if (seconds >= 1e9) return 0; /* over 30 years: no deadline, and no overflow */
     *deadline = carmp_monotonic_ns() + (int64_t)(seconds * 1e9);
     return 0;
 }
@@ -79,7 +80,7 @@ int64_t carmp_next_slice(int64_t deadline) {
 
 static int ensure_open(Region *self) {
     if (self->base != NULL) return 0;
-    PyErr_SetString(self->closed_error,
+    PyErr_SetString(self->closed_error ? self->closed_error : PyExc_ValueError,
                     "this carmp segment is closed; attach it again to keep using it");
     return -1;
 }
@@ -204,16 +205,19 @@ static PyObject *Region_fetch_add(Region *self, PyObject *const *args, Py_ssize_
     return PyLong_FromUnsignedLongLong(carmp_fetch_add(word, delta));
 }
 
+#define ADD_MANY_MAX 16
+
 static PyObject *Region_add_many(Region *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 1) return PyErr_Format(PyExc_TypeError, "add_many() needs an offset");
-    char *start = carmp_region_address(self, args[0], 8 * (nargs - 1));
-    if (start == NULL) return NULL;
-    uint64_t *words = (uint64_t *)start;
-    for (Py_ssize_t i = 1; i < nargs; i++) {
-        uint64_t delta;
-        if (carmp_as_word(args[i], &delta) < 0) return NULL;
-        if (delta != 0) carmp_fetch_add(&words[i - 1], delta);
-    }
+    if (nargs - 1 > ADD_MANY_MAX)
+        return PyErr_Format(PyExc_TypeError, "add_many() takes at most %d deltas", ADD_MANY_MAX);
+    uint64_t deltas[ADD_MANY_MAX];
+    for (Py_ssize_t i = 1; i < nargs; i++) /* convert all first: a bad one changes nothing */
+        if (carmp_as_word(args[i], &deltas[i - 1]) < 0) return NULL;
+    uint64_t *words = (uint64_t *)carmp_region_address(self, args[0], 8 * (nargs - 1));
+    if (words == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < nargs - 1; i++)
+        if (deltas[i] != 0) carmp_fetch_add(&words[i], deltas[i]);
     Py_RETURN_NONE;
 }
 
@@ -239,6 +243,9 @@ static PyObject *Region_first_reached(Region *self, PyObject *const *args, Py_ss
     Py_ssize_t n = PyLong_AsSsize_t(args[2]);
     if (n == -1 && PyErr_Occurred()) return NULL;
     if (n < 0) return PyErr_Format(PyExc_ValueError, "count must be >= 0");
+    if (n > self->size / 8)
+        return PyErr_Format(PyExc_IndexError, "%zd words do not fit the %zd-byte segment", n,
+                            self->size);
     char *counters = carmp_region_address(self, args[0], 8 * n);
     char *limits = counters ? carmp_region_address(self, args[1], 8 * n) : NULL;
     if (limits == NULL) return NULL;
@@ -442,6 +449,7 @@ static PyObject *native_crc32c(PyObject *Py_UNUSED(module), PyObject *const *arg
     if (nargs < 1 || nargs > 2) return PyErr_Format(PyExc_TypeError, "crc32c(data, crc=0)");
     uint64_t crc = 0;
     if (nargs == 2 && carmp_as_word(args[1], &crc) < 0) return NULL;
+    if (crc > UINT32_MAX) return PyErr_Format(PyExc_OverflowError, "crc must fit in 32 bits");
     Py_buffer view;
     const char *data;
     Py_ssize_t n;

@@ -134,18 +134,22 @@ _created: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionar
 class Segment:
     """A mapped shared-memory segment: `region` gives atomics and locks over its bytes."""
 
-    __slots__ = ("name", "kind", "run_id", "size", "layout_version", "region", "_mmap",
-                 "_creator_pid", "__weakref__")
+    __slots__ = ("name", "kind", "run_id", "size", "layout_version", "region", "creator_pid",
+                 "_mmap", "_owner_pid", "_unlinked", "__weakref__")
 
     def __init__(self, name: str, kind: str, run_id: str, size: int, layout_version: int,
-                 mapping: mmap.mmap, creator_pid: int) -> None:
+                 mapping: mmap.mmap, creator_pid: int, *, created_here: bool) -> None:
         self.name = name
         self.kind = kind
         self.run_id = run_id
         self.size = size
         self.layout_version = layout_version
+        self.creator_pid = creator_pid
         self._mmap = mapping
-        self._creator_pid = creator_pid
+        # The process that may unlink: set only on the object create() returned;
+        # copies inherited through fork see a different pid.
+        self._owner_pid = creator_pid if created_here else 0
+        self._unlinked = False
         self.region = _native.Region(mapping, SegmentClosed)
 
     # ---- create / attach ------------------------------------------------------
@@ -187,7 +191,8 @@ class Segment:
             MAGIC, HEADER_VERSION, layout_version, size, pid, start,
             run_id.encode(), kind.encode(), 0,
         ).ljust(HEADER_SIZE, b"\0")
-        segment = cls(name, kind, run_id, size, layout_version, mapping, creator_pid=pid)
+        segment = cls(name, kind, run_id, size, layout_version, mapping, creator_pid=pid,
+                      created_here=True)
         _created[name] = segment
         return segment
 
@@ -222,7 +227,7 @@ class Segment:
             mapping.close()
             raise
         return cls(name, kind, header.run_id, size, layout_version, mapping,
-                   creator_pid=header.creator_pid)
+                   creator_pid=header.creator_pid, created_here=False)
 
     def header(self) -> SegmentHeader:
         return SegmentHeader.parse(self.region.read(0, HEADER_SIZE))
@@ -231,7 +236,8 @@ class Segment:
 
     @property
     def is_creator(self) -> bool:
-        return self._creator_pid == os.getpid() and _created.get(self.name) is self
+        """True in the process that created the segment, on the object create() returned."""
+        return self._owner_pid == os.getpid()
 
     @property
     def closed(self) -> bool:
@@ -247,12 +253,15 @@ class Segment:
             self.unlink()
 
     def unlink(self) -> None:
-        """Remove the name (creator only); processes already attached keep their mapping."""
-        if self._creator_pid != os.getpid():
+        """Remove the name (creator only, once); processes already attached keep their mapping."""
+        if not self.is_creator:
             raise SegmentError(
-                f"only the process that created {self.name} (pid {self._creator_pid}) may "
+                f"only the object that created {self.name} (in pid {self.creator_pid}) may "
                 "unlink it; call close() to detach instead"
             )
+        if self._unlinked:
+            return
+        self._unlinked = True
         _created.pop(self.name, None)
         try:
             posix_ipc.unlink_shared_memory(self.name)
@@ -330,20 +339,31 @@ def list_segment_names() -> list[str]:
         return []
 
 
+# A segment younger than this may still be getting its header written.
+SWEEP_CORRUPT_MIN_AGE = 10.0
+
+
 def sweep(*, dry_run: bool = False, include_corrupt: bool = False) -> list[SweptSegment]:
     """Remove carmp segments whose creator process is dead. Live runs are untouched;
-    unreadable segments are removed only with include_corrupt=True."""
+    unreadable segments are removed only with include_corrupt=True, and only once they
+    are older than SWEEP_CORRUPT_MIN_AGE seconds."""
     removed = []
     for name in list_segment_names():
+        path = os.path.join(SHM_DIR, name[1:])
         try:
-            with open(os.path.join(SHM_DIR, name[1:]), "rb") as f:
-                header = SegmentHeader.parse(f.read(HEADER_SIZE))
+            age = time.time() - os.stat(path).st_mtime
+            with open(path, "rb") as f:
+                raw = f.read(HEADER_SIZE)
         except FileNotFoundError:
             continue
-        except (OSError, SegmentCorrupt):
+        except OSError:
+            age, raw = 0.0, b""
+        try:
+            header: SegmentHeader | None = SegmentHeader.parse(raw)
+        except SegmentCorrupt:
             header = None
         if header is None or header.magic != MAGIC:
-            if not include_corrupt:
+            if not include_corrupt or age < SWEEP_CORRUPT_MIN_AGE:
                 continue
             record = SweptSegment(name, 0, "unreadable header")
         elif is_alive(header.creator_pid, header.creator_start):
@@ -362,5 +382,5 @@ def sweep(*, dry_run: bool = False, include_corrupt: bool = False) -> list[Swept
 @atexit.register
 def _close_created_segments() -> None:
     for segment in list(_created.values()):
-        if segment._creator_pid == os.getpid():
+        if segment.is_creator:
             segment.close()

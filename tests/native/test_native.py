@@ -164,12 +164,6 @@ def test_use_after_release_raises_closed_error(use: Callable[[_native.Region], o
         use(region)
 
 
-@pytest.mark.xfail(
-    reason="BUG module.c ensure_open(): a Region made by __new__ without __init__ has "
-    "closed_error == NULL, so PyErr_SetString(NULL, ...) leaves no exception and the call "
-    "fails with SystemError",
-    raises=SystemError,
-)
 def test_uninitialised_region_raises_value_error() -> None:
     region = _native.Region.__new__(_native.Region)
     assert region.closed is True
@@ -285,11 +279,6 @@ def test_add_many_bounds_are_checked_before_adding(region: _native.Region) -> No
         region.add_many()  # type: ignore[call-arg]
 
 
-@pytest.mark.xfail(
-    reason="BUG module.c Region_add_many(): each delta is converted inside the add loop, so a "
-    "bad later delta raises after earlier words were already changed",
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("bad", ["x", 2**64], ids=["type", "overflow"])
 def test_add_many_with_a_bad_delta_changes_nothing(region: _native.Region, bad: object) -> None:
     with pytest.raises((TypeError, OverflowError)):
@@ -383,11 +372,6 @@ except IndexError:
 """
 
 
-@pytest.mark.xfail(
-    reason="BUG module.c Region_first_reached(): `8 * n` overflows for n >= 2**60, so the "
-    "bounds check passes and the core reads past the end of the buffer",
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("n", [2**61, 2**62 + 1])
 def test_first_reached_huge_count_is_an_index_error(n: int) -> None:
     # Limits (all 1) sit below counters (all 0), so nothing inside the buffer is reached and
@@ -562,18 +546,21 @@ def test_lock_acquire_arguments(region: _native.Region) -> None:
     region.lock_release(0)
 
 
-@pytest.mark.xfail(
-    reason="BUG module.c Region_lock_acquire(): a NaN timeout passes the `timeout < 0` check "
-    "and (int64_t)(NaN * 1e9) is undefined (INT64_MIN on x86), so it means 'wait forever'",
-    raises=pytest.fail.Exception,
-)
-def test_lock_acquire_nan_timeout_is_refused(region: _native.Region) -> None:
+@pytest.mark.parametrize("timeout", [float("nan"), float("-inf"), -1e-9])
+def test_lock_acquire_bad_float_timeout_is_refused(region: _native.Region, timeout: float) -> None:
     region.lock_init(0)
     try:
-        with pytest.raises(ValueError):
-            region.lock_acquire(0, float("nan"))  # free lock: the bug acquires it at once
+        with pytest.raises(ValueError, match="timeout"):
+            region.lock_acquire(0, timeout)
+        assert region.lock_owner(0) == 0  # refused before taking the free lock
     finally:
         release_if_mine(region, 0)
+
+
+def test_lock_acquire_infinite_timeout_on_free_lock(region: _native.Region) -> None:
+    region.lock_init(0)
+    assert region.lock_acquire(0, float("inf")) is False
+    region.lock_release(0)
 
 
 class _Holder:
@@ -865,3 +852,68 @@ def test_flags() -> None:
     assert set(flags) >= {"HAVE_ROBUST_MUTEX", "HAVE_CLOCKLOCK", "CRC32C_HARDWARE"}
     assert all(isinstance(v, int) for v in flags.values())
     assert flags["CRC32C_HARDWARE"] in (0, 1)
+
+
+# ---- sleeping until a word changes ------------------------------------------------------
+
+
+def test_wait_returns_at_once_when_the_word_differs_and_false_on_timeout(region: _native.Region) -> None:
+    region.store(0, 7)
+    assert region.wait(0, 6, None) is True
+    assert region.wait(0, 7, 0.01) is False
+    assert region.wait(0, 7, 0) is False
+    assert region.wake(0) == 0
+    with pytest.raises(ValueError):
+        region.wait(0, 7, -1.0)
+
+
+def test_wait_compares_the_low_32_bits(region: _native.Region) -> None:
+    region.store(0, (5 << 32) | 9)
+    assert region.wait(0, 9, 0.01) is False  # equal in the low half: it slept
+    assert region.wait(0, (5 << 32) | 8, None) is True
+
+
+def test_wake_reaches_a_waiting_thread(region: _native.Region) -> None:
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(region.wait(0, 0, CHILD_WAIT)))
+    waiter.start()
+    threading.Timer(0.05, lambda: (region.store(0, 1), region.wake(0))).start()
+    waiter.join()
+    assert woke == [True]
+
+
+def test_blocked_wait_lets_signal_handler_exception_through(region: _native.Region) -> None:
+    old = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(_Interrupted):
+            region.wait(0, 0, None)
+    finally:
+        timer.join()
+        signal.signal(signal.SIGUSR1, old)
+
+
+def _wait_for_bump(name: str, ready) -> None:  # type: ignore[no-untyped-def]
+    segment = Segment.attach(name, kind=KIND, layout_version=1)
+    ready.set()
+    while segment.region.load(HEADER_SIZE) == 0:
+        if not segment.region.wait(HEADER_SIZE, 0, CHILD_WAIT):
+            os._exit(3)
+    os._exit(0)
+
+
+def test_wake_reaches_a_sleeper_in_another_process(mp_context) -> None:  # type: ignore[no-untyped-def]
+    segment = Segment.create(KIND, 64, layout_version=1)
+    segment.mark_ready()
+    try:
+        ready = mp_context.Event()
+        child = mp_context.Process(target=_wait_for_bump, args=(segment.name, ready))
+        child.start()
+        assert ready.wait(CHILD_WAIT)
+        segment.region.store(HEADER_SIZE, 1)
+        segment.region.wake(HEADER_SIZE)
+        child.join(CHILD_WAIT)
+        assert child.exitcode == 0
+    finally:
+        segment.close()
