@@ -917,3 +917,31 @@ def test_wake_reaches_a_sleeper_in_another_process(mp_context) -> None:  # type:
         assert child.exitcode == 0
     finally:
         segment.close()
+
+
+_CTRL_C_SCRIPT = """
+import mmap, os, signal, threading, sys
+from carmp import _native
+region = _native.Region(mmap.mmap(-1, 4096))
+region.lock_init(0)
+held = threading.Event()
+def hold():
+    region.lock_acquire(0, None)
+    held.set()
+    threading.Event().wait()
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    region.{call}
+except KeyboardInterrupt:
+    sys.exit(42)
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("call", ["lock_acquire(0, None)", "wait(64, 0, None)"])
+def test_ctrl_c_interrupts_a_blocked_call_with_keyboard_interrupt(call: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_SCRIPT.format(call=call)],
+                          timeout=CHILD_WAIT, capture_output=True)
+    assert done.returncode == 42, done.stderr.decode()

@@ -540,3 +540,6 @@ def test_sigkill_at_random_points_of_reserve_and_commit_keeps_the_books(make_bud
         assert ledger["reserved"] == (0, 0, 0, 0), ledger
         # everything granted was either refunded or is counted as spend
         assert ledger["granted"][2] - ledger["refunded"][2] <= ledger["spent"][2]
+    # the kills really landed inside the lock and inside held leases (about 3 in 4 and 1 in 4)
+    stats = budget.statistics()
+    assert stats.lock_recoveries > 0 and stats.dead_leases_refunded > 0
