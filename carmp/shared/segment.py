@@ -299,20 +299,18 @@ def _check_header(header: SegmentHeader, name: str, size: int, kind: str,
     def corrupt(what: str) -> SegmentCorrupt:
         return SegmentCorrupt(f"segment {name}: {what}")
 
+    def version_mismatch(what: str, found: int, expected: int) -> SegmentCorrupt:
+        return corrupt(f"{what} layout version {found}, this carmp reads {expected}; "
+                       "run the same carmp version in every process")
+
     if header.magic != MAGIC:
         raise corrupt(f"bad magic {header.magic!r}; it is not a carmp segment")
     if header.header_version != HEADER_VERSION:
-        raise corrupt(
-            f"header layout version {header.header_version}, this carmp reads "
-            f"{HEADER_VERSION}; run the same carmp version in every process"
-        )
+        raise version_mismatch("header", header.header_version, HEADER_VERSION)
     if header.kind != kind:
         raise corrupt(f"holds a {header.kind!r} segment, not the {kind!r} expected")
     if header.layout_version != layout_version:
-        raise corrupt(
-            f"{kind} layout version {header.layout_version}, this carmp reads "
-            f"{layout_version}; run the same carmp version in every process"
-        )
+        raise version_mismatch(kind, header.layout_version, layout_version)
     if header.size != size:
         raise corrupt(f"header says {header.size} bytes but the segment has {size}")
     if not header.ready:
