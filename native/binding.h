@@ -37,4 +37,7 @@ int64_t carmp_monotonic_ns(void);
 /* The next GIL-free wait slice before `deadline`; 0 once it has passed. */
 int64_t carmp_next_slice(int64_t deadline);
 
+/* Each bind_*.c file adds its types and constants to the module; called from PyInit. */
+int carmp_bind_channel(PyObject *module);
+
 #endif

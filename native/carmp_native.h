@@ -26,6 +26,8 @@ typedef enum carmp_status {
     CARMP_NOT_OWNER = 5,       /* unlock by a thread that does not hold the lock */
     CARMP_RELOCK = 6,          /* the calling thread already holds the lock */
     CARMP_INTERRUPTED = 7,     /* a signal arrived; the caller decides whether to retry */
+    CARMP_EMPTY = 8,           /* nothing to read */
+    CARMP_CORRUPT = -4,        /* shared data fails a consistency check */
     CARMP_NOTRECOVERABLE = -1, /* the lock was abandoned without recovery */
     CARMP_EINVAL = -2,         /* bad argument */
     CARMP_ERRNO = -3           /* system error; errno says which */
@@ -64,6 +66,32 @@ carmp_status carmp_lock_destroy(void *lock);
  * (little-endian) to keep 8-byte alignment. */
 carmp_status carmp_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int carmp_wake(uint32_t *word, int count);
+
+/* ---- SPSC message channels and bells (channel.c) ---------------------------
+ * A channel carries [tag, bytes] messages from one producer to one consumer through
+ * caller-owned memory of carmp_channel_size(capacity) bytes (capacity: a power of
+ * two >= 64). send() returns CARMP_FULL when there is no room and CARMP_EINVAL for a
+ * message over carmp_channel_max_message(); peek() returns CARMP_EMPTY, or points
+ * into the channel until advance() releases the record. Nothing here sleeps: a bell
+ * is how a side waits. Sleeper protocol: seq = prepare(); re-check the condition;
+ * sleep(seq) unless it holds; cancel(). Wakers change the data, then ring(). */
+#define CARMP_CHANNEL_HEADER 256
+typedef struct {
+    uint64_t seq;      /* futex word: its low 32 bits (little-endian) */
+    uint64_t sleepers; /* how many prepared to sleep; ring() skips the syscall at 0 */
+} carmp_bell;
+size_t carmp_channel_size(uint64_t capacity);
+carmp_status carmp_channel_init(void *channel, uint64_t capacity);
+uint64_t carmp_channel_max_message(const void *channel);
+carmp_status carmp_channel_send(void *channel, uint32_t tag, const void *payload, uint64_t length);
+carmp_status carmp_channel_peek(void *channel, uint32_t *tag, const void **payload, uint64_t *length);
+void carmp_channel_advance(void *channel, uint64_t length);
+int carmp_channel_readable(const void *channel);
+uint64_t carmp_channel_used(const void *channel);
+uint32_t carmp_bell_prepare(carmp_bell *bell);
+carmp_status carmp_bell_sleep(carmp_bell *bell, uint32_t seq, int64_t timeout_ns);
+void carmp_bell_cancel(carmp_bell *bell);
+int carmp_bell_ring(carmp_bell *bell);
 
 /* ---- checksums and hashing -------------------------------------------- */
 uint32_t carmp_crc32c(uint32_t crc, const void *data, size_t n);  /* pass 0 to start */

@@ -506,5 +506,9 @@ PyMODINIT_FUNC PyInit__native(void) {
         Py_DECREF(m);
         return NULL;
     }
+    if (carmp_bind_channel(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }
