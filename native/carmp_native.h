@@ -93,6 +93,13 @@ carmp_status carmp_bell_sleep(carmp_bell *bell, uint32_t seq, int64_t timeout_ns
 void carmp_bell_cancel(carmp_bell *bell);
 int carmp_bell_ring(carmp_bell *bell);
 
+/* ---- orphan prevention (watchdog.c) ------------------------------------------
+ * carmp_watchdog_start: a detached, signal-free thread SIGKILLs the calling process
+ * when process `pid` exits (at once if it is already gone).
+ * carmp_set_parent_death_signal: prctl(PR_SET_PDEATHSIG) for the calling thread's parent. */
+carmp_status carmp_watchdog_start(int32_t pid);
+carmp_status carmp_set_parent_death_signal(int signal_number);
+
 /* ---- checksums and hashing -------------------------------------------- */
 uint32_t carmp_crc32c(uint32_t crc, const void *data, size_t n);  /* pass 0 to start */
 uint64_t carmp_hash64(const void *data, size_t n, uint64_t seed);

@@ -473,7 +473,28 @@ static PyObject *native_hash64(PyObject *Py_UNUSED(module), PyObject *const *arg
     return PyLong_FromUnsignedLongLong(result);
 }
 
+static PyObject *native_watchdog_start(PyObject *Py_UNUSED(module), PyObject *pid_obj) {
+    long pid = PyLong_AsLong(pid_obj);
+    if (pid == -1 && PyErr_Occurred()) return NULL;
+    if (pid <= 0 || pid > INT32_MAX) return PyErr_Format(PyExc_ValueError, "bad pid %ld", pid);
+    carmp_status st = carmp_watchdog_start((int32_t)pid);
+    if (st != CARMP_OK) return carmp_raise_status(st, "watchdog_start");
+    Py_RETURN_NONE;
+}
+
+static PyObject *native_set_parent_death_signal(PyObject *Py_UNUSED(module), PyObject *sig_obj) {
+    int sig = PyLong_AsLong(sig_obj);
+    if (sig == -1 && PyErr_Occurred()) return NULL;
+    carmp_status st = carmp_set_parent_death_signal(sig);
+    if (st != CARMP_OK) return carmp_raise_status(st, "set_parent_death_signal");
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"watchdog_start", (PyCFunction)native_watchdog_start, METH_O,
+     "watchdog_start(pid): SIGKILL this process as soon as process `pid` exits"},
+    {"set_parent_death_signal", (PyCFunction)native_set_parent_death_signal, METH_O,
+     "set_parent_death_signal(signum): prctl(PR_SET_PDEATHSIG)"},
     {"crc32c", (PyCFunction)(void (*)(void))native_crc32c, METH_FASTCALL,
      "crc32c(data, crc=0) -> int: CRC32C of bytes or str (UTF-8), continuing from crc"},
     {"hash64", (PyCFunction)(void (*)(void))native_hash64, METH_FASTCALL,

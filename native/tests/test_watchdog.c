@@ -1,0 +1,67 @@
+/* C tests of the orphan watchdog; run under ASan/UBSan by `make native-test`. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../carmp_native.h"
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,     \
+                    __func__, #cond);                                                 \
+            failed++;                                                                 \
+            return;                                                                   \
+        }                                                                             \
+    } while (0)
+
+/* A "supervisor" child forks a "worker" grandchild that watches it; killing the
+ * supervisor must take the worker down too. The worker reports its pid through a pipe. */
+static void test_worker_dies_with_its_supervisor(void) {
+    int report[2];
+    CHECK(pipe(report) == 0);
+    pid_t supervisor = fork();
+    if (supervisor == 0) {
+        pid_t me = getpid();
+        pid_t worker = fork();
+        if (worker == 0) {
+            if (carmp_watchdog_start(me) != CARMP_OK) _exit(1);
+            pid_t self = getpid();
+            (void)!write(report[1], &self, sizeof self);
+            for (;;) pause();
+        }
+        for (;;) pause();
+    }
+    pid_t worker;
+    CHECK(read(report[0], &worker, sizeof worker) == sizeof worker);
+    CHECK(kill(worker, 0) == 0);
+    kill(supervisor, SIGKILL);
+    waitpid(supervisor, NULL, 0);
+    int gone = 0;
+    for (int i = 0; i < 200 && !gone; i++) { /* bounded: 10 s */
+        gone = kill(worker, 0) != 0;
+        if (!gone) usleep(50000);
+    }
+    CHECK(gone);
+    close(report[0]);
+    close(report[1]);
+    passed++;
+}
+
+static void test_bad_pid_is_refused(void) {
+    CHECK(carmp_watchdog_start(0) == CARMP_EINVAL);
+    CHECK(carmp_watchdog_start(-5) == CARMP_EINVAL);
+    passed++;
+}
+
+int main(void) {
+    test_bad_pid_is_refused();
+    test_worker_dies_with_its_supervisor();
+    printf("watchdog: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
