@@ -15,6 +15,8 @@ typedef struct {
     Py_ssize_t channel, readable, writable; /* byte offsets in the region */
 } Channel;
 
+static PyTypeObject ChannelType;
+
 static void *channel_at(Channel *self) {
     if (self->region == NULL || self->region->base == NULL) {
         PyErr_SetString(self->region && self->region->closed_error ? self->region->closed_error
@@ -213,7 +215,7 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-typedef int (*ready_fn)(void *ch, uint64_t arg);
+typedef int (*ready_fn)(void *ctx, uint64_t arg);
 
 static int is_readable(void *ch, uint64_t arg) {
     (void)arg;
@@ -225,13 +227,12 @@ static int has_room(void *ch, uint64_t need) {
     return capacity - carmp_channel_used(ch) >= need;
 }
 
-/* Spin up to spin_ns, then sleep on `bell` until ready(ch) or the deadline. */
-static PyObject *wait_until(Channel *self, carmp_bell *bell, ready_fn ready, uint64_t arg,
+/* Spin up to spin_seconds, then sleep on `bell` until ready(ctx, arg) or the deadline.
+ * Called with the GIL; releases it while spinning and sleeping. */
+static PyObject *wait_until(void *ch, carmp_bell *bell, ready_fn ready, uint64_t arg,
                             PyObject *timeout, double spin_seconds) {
-    void *ch = channel_at(self);
     int64_t deadline;
-    if (ch == NULL || check_extent(self, ch) < 0 || carmp_deadline_from(timeout, &deadline) < 0)
-        return NULL;
+    if (carmp_deadline_from(timeout, &deadline) < 0) return NULL;
     if (ready(ch, arg)) Py_RETURN_TRUE;
     int64_t spin_ns = spin_seconds > 0 ? (int64_t)(spin_seconds * 1e9) : 0;
     int outcome = 0;
@@ -266,8 +267,9 @@ static PyObject *Channel_wait_readable(Channel *self, PyObject *args, PyObject *
     double spin = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|Od:wait_readable", kwlist, &timeout, &spin))
         return NULL;
-    if (channel_at(self) == NULL) return NULL;
-    return wait_until(self, bell_at(self, self->readable), is_readable, 0, timeout, spin);
+    void *ch = channel_at(self);
+    if (ch == NULL || check_extent(self, ch) < 0) return NULL;
+    return wait_until(ch, bell_at(self, self->readable), is_readable, 0, timeout, spin);
 }
 
 static PyObject *Channel_wait_writable(Channel *self, PyObject *args, PyObject *kwds) {
@@ -282,7 +284,70 @@ static PyObject *Channel_wait_writable(Channel *self, PyObject *args, PyObject *
         return PyErr_Format(PyExc_ValueError, "size %zd is beyond this channel's limit", size);
     /* room for a record of `size` bytes, plus a wrap marker's worst case */
     uint64_t need = 8 + (((uint64_t)size + 7) & ~(uint64_t)7);
-    return wait_until(self, bell_at(self, self->writable), has_room, 2 * need, timeout, 0);
+    return wait_until(ch, bell_at(self, self->writable), has_room, 2 * need, timeout, 0);
+}
+
+/* The channels wait_any watches; they all share one readable bell. */
+typedef struct {
+    Py_ssize_t count;
+    void *channels[];
+} channel_set;
+
+static int any_readable(void *ctx, uint64_t arg) {
+    channel_set *set = ctx;
+    (void)arg;
+    for (Py_ssize_t i = 0; i < set->count; i++)
+        if (carmp_channel_readable(set->channels[i])) return 1;
+    return 0;
+}
+
+/* wait_any(channels, timeout=None, spin=0.0) -> bool: until one of the channels, which
+ * must share one readable bell, has a message. The caller keeps the channels alive. */
+static PyObject *native_wait_any(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"channels", "timeout", "spin", NULL};
+    PyObject *channels, *timeout = Py_None;
+    double spin = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|Od:wait_any", kwlist, &channels, &timeout,
+                                     &spin))
+        return NULL;
+    PyObject *seq = PySequence_Fast(channels, "wait_any() takes a sequence of Channels");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n == 0) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "wait_any() needs at least one channel");
+    }
+    channel_set *set = PyMem_Malloc(sizeof(channel_set) + (size_t)n * sizeof(void *));
+    if (set == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    set->count = n;
+    carmp_bell *bell = NULL;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyObject_TypeCheck(item, &ChannelType)) {
+            PyErr_SetString(PyExc_TypeError, "wait_any() takes Channels");
+            goto done;
+        }
+        Channel *ch = (Channel *)item;
+        void *mem = channel_at(ch);
+        if (mem == NULL || check_extent(ch, mem) < 0) goto done;
+        carmp_bell *own = bell_at(ch, ch->readable);
+        if (bell != NULL && own != bell) {
+            PyErr_SetString(PyExc_ValueError, "wait_any() channels must share one readable bell");
+            goto done;
+        }
+        bell = own;
+        set->channels[i] = mem;
+    }
+    /* `seq` holds the channels, and they hold their regions, for the whole wait */
+    result = wait_until(set, bell, any_readable, 0, timeout, spin);
+done:
+    PyMem_Free(set);
+    Py_DECREF(seq);
+    return result;
 }
 
 static PyObject *Channel_get_readable(Channel *self, void *Py_UNUSED(closure)) {
@@ -337,8 +402,15 @@ static PyTypeObject ChannelType = {
     .tp_getset = Channel_getset,
 };
 
+static PyMethodDef channel_functions[] = {
+    {"wait_any", (PyCFunction)(void (*)(void))native_wait_any, METH_VARARGS | METH_KEYWORDS,
+     "wait_any(channels, timeout=None, spin=0.0) -> bool: until one of the channels, "
+     "which share one readable bell, has a message"},
+    {NULL, NULL, 0, NULL}};
+
 int carmp_bind_channel(PyObject *module) {
     if (PyType_Ready(&ChannelType) < 0) return -1;
+    if (PyModule_AddFunctions(module, channel_functions) < 0) return -1;
     Py_INCREF(&ChannelType);
     if (PyModule_AddObject(module, "Channel", (PyObject *)&ChannelType) < 0) {
         Py_DECREF(&ChannelType);

@@ -185,3 +185,27 @@ def test_a_producer_process_streams_to_a_sleeping_consumer(mp_context: Any) -> N
         assert producer.exitcode == 0
     finally:
         segment.close()
+
+
+def test_wait_any_wakes_for_whichever_channel_shares_the_bell() -> None:
+    size = 2 * (_native.CHANNEL_HEADER + CAPACITY)
+    mapping = mmap.mmap(-1, CHANNEL + size)
+    region = _native.Region(mapping)
+    first = _native.Channel(region, CHANNEL, READABLE, WRITABLE)
+    second = _native.Channel(region, CHANNEL + _native.CHANNEL_HEADER + CAPACITY, READABLE,
+                             WRITABLE + 16)
+    first.initialize(CAPACITY)
+    second.initialize(CAPACITY)
+    assert _native.wait_any([first, second], 0.01) is False
+    threading.Timer(0.05, second.send, (5, b"second")).start()
+    assert _native.wait_any([first, second], CHILD_WAIT) is True
+    assert second.recv() == (5, b"second") and first.recv() is None
+    first.send(1, b"")
+    assert _native.wait_any([first, second], 0) is True
+    other = _native.Channel(region, CHANNEL, WRITABLE + 16, WRITABLE)
+    with pytest.raises(ValueError, match="share one readable bell"):
+        _native.wait_any([first, other], 0)
+    with pytest.raises(ValueError):
+        _native.wait_any([], 0)
+    with pytest.raises(TypeError):
+        _native.wait_any([object()], 0)  # type: ignore[list-item]
