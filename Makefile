@@ -46,6 +46,8 @@ test: native-test typecheck py-test
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/bench_budget.py
+	$(PY) bench/bench_state.py
+	$(PY) bench/bench_eventlog.py
 
 cleanup: $(VENV)/.installed
 	$(PY) -c "import carmp; [print('removed', s.name, '-', s.reason) for s in carmp.sweep()]"

@@ -21,11 +21,13 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 START_TIMEOUT = 60.0  # seconds a worker waits at the start barrier for the others
 
+Sample = TypeVar("Sample")
+"""What one measure returns: a number, or a tuple of them (p50, p99)."""
 Body = Callable[[], None]
 """The timed part of a worker."""
 Prepare = Callable[[], Body]
@@ -125,10 +127,10 @@ def _receive(receiver: Connection, worker: BaseProcess) -> tuple[int, int]:
     )
 
 
-def interleaved(measures: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+def interleaved(measures: Mapping[str, Callable[[], Sample]], repeats: int) -> dict[str, list[Sample]]:
     """Run every measure once per round, `repeats` rounds: drift then spreads over all
     subjects instead of favouring whichever ran first."""
-    samples: dict[str, list[float]] = {name: [] for name in measures}
+    samples: dict[str, list[Sample]] = {name: [] for name in measures}
     for _ in range(repeats):
         for name, measure in measures.items():
             samples[name].append(measure())

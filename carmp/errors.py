@@ -14,6 +14,27 @@ what happened and what to do about it.
     ├── WouldBlock ................. (BlockingIOError)    a *_nowait call could not proceed
     ├── LockError
     │   └── LockTimeout ............ (TimeoutError)       timed acquire gave up
+    ├── WorkerCrashed .............. (ChildProcessError)  a worker died holding the task
+    ├── TaskTimeout ................ (TimeoutError)       a task outran its timeout
+    ├── PayloadError ............... (PicklingError)      a task's function/args/result/exception
+    │                                                     could not be (un)pickled
+    ├── RemoteTaskError ............ an exception that could not travel home as itself
+    ├── FarmShutdown ............... (RuntimeError)       the farm stopped before the task ran
+    ├── FarmBroken ................. (RuntimeError)       the initializer failed; no worker can run
+    ├── StateError
+    │   ├── StateFull .............. (MemoryError)        no room for another key or its bytes
+    │   ├── KeyTooLarge ............ (ValueError)         a key over max_key_bytes
+    │   ├── ValueTooLarge .......... (ValueError)         a value over max_value_bytes
+    │   ├── MergeConflict .......... an overlay's keys changed in the parent (.keys)
+    │   └── TransitionsDropped ..... (LookupError)        the bounded log dropped them
+    ├── EventLogError
+    │   ├── EventTooLarge .......... (ValueError)         an event over max_event_size
+    │   ├── InvalidEvent ........... (TypeError)          a kind, id or data of the wrong type
+    │   ├── EventLogFull ........... (TimeoutError)       backpressure: readers kept the room
+    │   ├── EventsLost ............. a reader fell behind the wrapping ring (.lost)
+    │   ├── InvalidEventLog ........ (ValueError)         bad capacity, sizes or timeouts
+    │   ├── JournalCorrupt ......... (ValueError)         strict load: bad, truncated or tampered line
+    │   └── JournalWriteFailed ..... (OSError)            the journal drainer could not write
     └── BudgetError
         ├── BudgetExhausted ........ (BudgetError.Exhausted)  a spend limit was crossed
         ├── AgentLimit ............. (BudgetError.AgentLimit) max_agents reached
@@ -21,11 +42,16 @@ what happened and what to do about it.
         ├── LeaseNotHeld ........... (LookupError)        commit/release of a lease not held
         ├── LeaseTableFull ......... too many leases outstanding
         └── InvalidBudget .......... (ValueError)         bad limits or budget JSON
+
+StateJournalWarning (UserWarning) says a malformed state journal line was skipped.
+EventJournalWarning (UserWarning) says a bad event journal line was skipped on load.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+import pickle
+import signal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from carmp.shared.budget import BudgetSnapshot
@@ -79,6 +105,91 @@ class LockTimeout(LockError, TimeoutError):
     def __init__(self, message: str, owner_pid: int = 0) -> None:
         super().__init__(message)
         self.owner_pid = owner_pid
+
+
+# ---- the farm -------------------------------------------------------------------
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, attached as its __cause__."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text}\"\"\""
+
+
+class WorkerCrashed(CarmpError, ChildProcessError):
+    """The worker running a task died (signal, os._exit, segfault, OOM kill)."""
+
+    def __init__(self, message: str, *, pid: int, exitcode: int | None, signal_name: str | None,
+                 task_id: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal_name = signal_name
+        self.task_id = task_id
+
+    @classmethod
+    def from_exit(cls, pid: int, exitcode: int | None, task_id: int | None,
+                  detail: str = "") -> WorkerCrashed:
+        signal_name = None
+        if exitcode is not None and exitcode < 0:
+            try:
+                signal_name = signal.Signals(-exitcode).name
+            except ValueError:
+                signal_name = f"signal {-exitcode}"
+        how = (f"was killed by {signal_name}" if signal_name
+               else "exited" if exitcode is None else f"exited with code {exitcode}")
+        task = f" while running task {task_id}" if task_id is not None else ""
+        extra = f" {detail}" if detail else ""
+        return cls(
+            f"worker pid {pid} {how}{task}{extra}. A segfault, os._exit, an OOM kill or an "
+            "external kill does this; fix the task, or submit it with retries=N to run it again",
+            pid=pid, exitcode=exitcode, signal_name=signal_name, task_id=task_id,
+        )
+
+
+class TaskTimeout(CarmpError, TimeoutError):
+    """A task ran past its timeout; its worker was killed and replaced."""
+
+
+class PayloadError(CarmpError, pickle.PicklingError):
+    """A task's function, arguments, result or exception could not be (un)pickled."""
+
+
+class RemoteTaskError(CarmpError):
+    """A task raised an exception that could not travel back as itself."""
+
+    def __init__(self, message: str, *, type_name: str, traceback_text: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.traceback_text = traceback_text
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any], what: str) -> RemoteTaskError:
+        type_name = f"{document.get('module', '')}.{document.get('type', '?')}".lstrip(".")
+        text = str(document.get("traceback", ""))
+        error = cls(f"{what}: {type_name}: {document.get('message', '')}", type_name=type_name,
+                    traceback_text=text)
+        error.__cause__ = RemoteTraceback(text)
+        return error
+
+    @staticmethod
+    def attach(error: BaseException, traceback_text: str) -> BaseException:
+        """Give a worker's exception its remote traceback as __cause__."""
+        error.__cause__ = RemoteTraceback(traceback_text)
+        return error
+
+
+class FarmShutdown(CarmpError, RuntimeError):
+    """The farm shut down before the task could run or finish."""
+
+
+class FarmBroken(CarmpError, RuntimeError):
+    """The farm cannot run tasks (its worker initializer failed); create a new Farm."""
 
 
 # ---- budget -------------------------------------------------------------------
@@ -144,16 +255,135 @@ class InvalidBudget(BudgetError, ValueError):
     """Budget limits or budget JSON are malformed."""
 
 
+# ---- state store ------------------------------------------------------------------
+
+
+class StateError(CarmpError):
+    """The shared state store refused an operation; it changed nothing."""
+
+
+class StateFull(StateError, MemoryError):
+    """The store has no room for another key, or no arena bytes for a value."""
+
+
+class KeyTooLarge(StateError, ValueError):
+    """A key's UTF-8 form is longer than the store's max_key_bytes."""
+
+
+class ValueTooLarge(StateError, ValueError):
+    """A value's JSON form is longer than the store's max_value_bytes."""
+
+
+class MergeConflict(StateError):
+    """An overlay merge was refused: keys it changed were also changed in the parent
+    after the overlay read or wrote them (lost updates). `keys` names them."""
+
+    def __init__(self, agent_name: str, keys: tuple[str, ...]) -> None:
+        super().__init__(
+            f"merge of agent {agent_name!r} refused: {', '.join(map(repr, keys))} changed in "
+            "the parent after the agent read or wrote them, so nothing was merged; run the "
+            "agent again on fresh state, or merge with policy='last_writer_wins' to overwrite"
+        )
+        self.agent_name = agent_name
+        self.keys = keys
+
+
+class TransitionsDropped(StateError, LookupError):
+    """Transitions asked for were dropped from the bounded log to make room;
+    `first_retained` is the oldest index still held."""
+
+    def __init__(self, message: str, first_retained: int) -> None:
+        super().__init__(message)
+        self.first_retained = first_retained
+
+
+class StateJournalWarning(UserWarning):
+    """A malformed line of a state journal was skipped on replay."""
+
+
+# ---- event log ----------------------------------------------------------------------
+
+
+class EventLogError(CarmpError):
+    """The shared event log refused an operation."""
+
+
+class EventTooLarge(EventLogError, ValueError):
+    """An encoded event is longer than the log's max_event_size; nothing was appended."""
+
+
+class InvalidEvent(EventLogError, TypeError):
+    """An event's kind, ids or data have the wrong type or cannot be encoded as JSON."""
+
+
+class EventLogFull(EventLogError, TimeoutError):
+    """Backpressure: registered readers (or the journal) did not make room in time;
+    nothing was appended. `slowest_pid` names the reader that held the room (0 if none)."""
+
+    def __init__(self, message: str, slowest_pid: int = 0) -> None:
+        super().__init__(message)
+        self.slowest_pid = slowest_pid
+
+
+class EventsLost(EventLogError):
+    """A reader fell behind and the ring overwrote events it had not read; the reader
+    has moved on to the oldest event still held. Raised only by readers created with
+    on_lost="raise"; others count losses and record an events_lost event."""
+
+    def __init__(self, lost: int, first_seq: int, resume_seq: int) -> None:
+        super().__init__(
+            f"{lost} events (seq {first_seq}..{resume_seq - 1}) were overwritten before this "
+            f"reader got them; it resumes at seq {resume_seq}. Read faster, give the log more "
+            "capacity, use backpressure=True, or read the journal for the full history"
+        )
+        self.lost = lost
+        self.first_seq = first_seq
+        self.resume_seq = resume_seq
+
+
+class InvalidEventLog(EventLogError, ValueError):
+    """EventLog options are out of range (capacity, max_event_size, timeouts, readers)."""
+
+
+class JournalCorrupt(EventLogError, ValueError):
+    """A journal line is malformed, truncated, out of order or fails its hash chain
+    (raised by strict loads; other loads skip the line and report it)."""
+
+
+class JournalWriteFailed(EventLogError, OSError):
+    """The journal drainer could not write; events after `journaled_seq` are not in it."""
+
+
+class EventJournalWarning(UserWarning):
+    """A bad line of an event journal was skipped on load."""
+
+
 __all__ = [
     "AgentLimit",
     "BudgetError",
     "BudgetExhausted",
     "CarmpError",
+    "EventJournalWarning",
+    "EventLogError",
+    "EventLogFull",
+    "EventTooLarge",
+    "EventsLost",
+    "FarmBroken",
+    "FarmShutdown",
     "InvalidBudget",
+    "InvalidEvent",
+    "InvalidEventLog",
+    "JournalCorrupt",
+    "JournalWriteFailed",
+    "KeyTooLarge",
     "LeaseNotHeld",
     "LeaseTableFull",
     "LockError",
     "LockTimeout",
+    "MergeConflict",
+    "PayloadError",
+    "RemoteTaskError",
+    "RemoteTraceback",
     "ReservationDenied",
     "SegmentClosed",
     "SegmentCorrupt",
@@ -161,5 +391,12 @@ __all__ = [
     "SegmentExists",
     "SegmentNotFound",
     "SharedMemoryFull",
+    "StateError",
+    "StateFull",
+    "StateJournalWarning",
+    "TaskTimeout",
+    "TransitionsDropped",
+    "ValueTooLarge",
+    "WorkerCrashed",
     "WouldBlock",
 ]

@@ -227,10 +227,11 @@ static int has_room(void *ch, uint64_t need) {
     return capacity - carmp_channel_used(ch) >= need;
 }
 
-/* Spin up to spin_seconds, then sleep on `bell` until ready(ctx, arg) or the deadline.
- * Called with the GIL; releases it while spinning and sleeping. */
+/* Spin up to spin_seconds, then sleep on `bell` until ready(ctx, arg) or the deadline;
+ * with until_ring, any ring of the bell also ends the wait. Called with the GIL;
+ * releases it while spinning and sleeping. */
 static PyObject *wait_until(void *ch, carmp_bell *bell, ready_fn ready, uint64_t arg,
-                            PyObject *timeout, double spin_seconds) {
+                            PyObject *timeout, double spin_seconds, int until_ring) {
     int64_t deadline;
     if (carmp_deadline_from(timeout, &deadline) < 0) return NULL;
     if (ready(ch, arg)) Py_RETURN_TRUE;
@@ -253,7 +254,7 @@ static PyObject *wait_until(void *ch, carmp_bell *bell, ready_fn ready, uint64_t
         outcome = ready(ch, arg);
         st = outcome ? CARMP_OK : carmp_bell_sleep(bell, seq, slice);
         carmp_bell_cancel(bell);
-        if (!outcome) outcome = ready(ch, arg);
+        if (!outcome) outcome = ready(ch, arg) || (until_ring && (uint32_t)__atomic_load_n(&bell->seq, __ATOMIC_SEQ_CST) != seq);
         Py_END_ALLOW_THREADS
         if (st == CARMP_ERRNO) return carmp_raise_status(st, "channel wait");
         if (!outcome && PyErr_CheckSignals() < 0) return NULL;
@@ -269,7 +270,7 @@ static PyObject *Channel_wait_readable(Channel *self, PyObject *args, PyObject *
         return NULL;
     void *ch = channel_at(self);
     if (ch == NULL || check_extent(self, ch) < 0) return NULL;
-    return wait_until(ch, bell_at(self, self->readable), is_readable, 0, timeout, spin);
+    return wait_until(ch, bell_at(self, self->readable), is_readable, 0, timeout, spin, 0);
 }
 
 static PyObject *Channel_wait_writable(Channel *self, PyObject *args, PyObject *kwds) {
@@ -284,7 +285,7 @@ static PyObject *Channel_wait_writable(Channel *self, PyObject *args, PyObject *
         return PyErr_Format(PyExc_ValueError, "size %zd is beyond this channel's limit", size);
     /* room for a record of `size` bytes, plus a wrap marker's worst case */
     uint64_t need = 8 + (((uint64_t)size + 7) & ~(uint64_t)7);
-    return wait_until(ch, bell_at(self, self->writable), has_room, 2 * need, timeout, 0);
+    return wait_until(ch, bell_at(self, self->writable), has_room, 2 * need, timeout, 0, 0);
 }
 
 /* The channels wait_any watches; they all share one readable bell. */
@@ -302,7 +303,8 @@ static int any_readable(void *ctx, uint64_t arg) {
 }
 
 /* wait_any(channels, timeout=None, spin=0.0) -> bool: until one of the channels, which
- * must share one readable bell, has a message. The caller keeps the channels alive. */
+ * must share one readable bell, has a message, or anybody rings that bell (True), or
+ * the timeout (False). */
 static PyObject *native_wait_any(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"channels", "timeout", "spin", NULL};
     PyObject *channels, *timeout = Py_None;
@@ -343,11 +345,17 @@ static PyObject *native_wait_any(PyObject *Py_UNUSED(module), PyObject *args, Py
         set->channels[i] = mem;
     }
     /* `seq` holds the channels, and they hold their regions, for the whole wait */
-    result = wait_until(set, bell, any_readable, 0, timeout, spin);
+    result = wait_until(set, bell, any_readable, 0, timeout, spin, 1);
 done:
     PyMem_Free(set);
     Py_DECREF(seq);
     return result;
+}
+
+/* ring() -> int: wake whoever sleeps on this channel's readable bell. */
+static PyObject *Channel_ring(Channel *self, PyObject *Py_UNUSED(ignored)) {
+    if (channel_at(self) == NULL) return NULL;
+    return PyLong_FromLong(carmp_bell_ring(bell_at(self, self->readable)));
 }
 
 static PyObject *Channel_get_readable(Channel *self, void *Py_UNUSED(closure)) {
@@ -374,6 +382,8 @@ static PyMethodDef Channel_methods[] = {
     {"send_many", (PyCFunction)Channel_send_many, METH_O,
      "send_many([(tag, data), ...]) -> int sent before the first that did not fit"},
     {"recv", (PyCFunction)Channel_recv, METH_NOARGS, "recv() -> (tag, bytes) | None"},
+    {"ring", (PyCFunction)Channel_ring, METH_NOARGS,
+     "ring() -> int: wake the sleepers on this channel's readable bell"},
     {"recv_many", (PyCFunction)Channel_recv_many, METH_O,
      "recv_many(limit) -> [(tag, bytes), ...]"},
     {"wait_readable", (PyCFunction)(void (*)(void))Channel_wait_readable,
@@ -405,7 +415,7 @@ static PyTypeObject ChannelType = {
 static PyMethodDef channel_functions[] = {
     {"wait_any", (PyCFunction)(void (*)(void))native_wait_any, METH_VARARGS | METH_KEYWORDS,
      "wait_any(channels, timeout=None, spin=0.0) -> bool: until one of the channels, "
-     "which share one readable bell, has a message"},
+     "which share one readable bell, has a message or the bell rings"},
     {NULL, NULL, 0, NULL}};
 
 int carmp_bind_channel(PyObject *module) {

@@ -37,7 +37,12 @@ int64_t carmp_monotonic_ns(void);
 /* The next GIL-free wait slice before `deadline`; 0 once it has passed. */
 int64_t carmp_next_slice(int64_t deadline);
 
+/* Try a robust lock, watching it a while when busy before giving up with CARMP_BUSY. */
+carmp_status carmp_lock_try_spinning(void *lock);
+
 /* Each bind_*.c file adds its types and constants to the module; called from PyInit. */
 int carmp_bind_channel(PyObject *module);
+int carmp_bind_table(PyObject *module);
+int carmp_bind_ring(PyObject *module);
 
 #endif

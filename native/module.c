@@ -283,6 +283,21 @@ static PyObject *Region_lock_init(Region *self, PyObject *offset) {
     Py_RETURN_NONE;
 }
 
+/* Locks are held for a microsecond or so, while a sleep and a wake-up across CPUs cost
+ * tens: watch a busy lock for a while before sleeping on it. */
+#define LOCK_SPINS 1000
+
+carmp_status carmp_lock_try_spinning(void *lock) {
+    carmp_status st = carmp_lock_try(lock);
+    for (int i = 0; st == CARMP_BUSY && i < LOCK_SPINS; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (carmp_lock_owner_pid(lock) == 0) st = carmp_lock_try(lock);
+    }
+    return st;
+}
+
 /* acquire(offset, timeout=None) -> bool: True when the previous owner had died holding it. */
 static PyObject *Region_lock_acquire(Region *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 1 || nargs > 2)
@@ -291,7 +306,7 @@ static PyObject *Region_lock_acquire(Region *self, PyObject *const *args, Py_ssi
     if (lock == NULL) return NULL;
     int64_t deadline;
     if (carmp_deadline_from(nargs == 2 ? args[1] : NULL, &deadline) < 0) return NULL;
-    carmp_status st = carmp_lock_try(lock);
+    carmp_status st = carmp_lock_try_spinning(lock);
     while (st == CARMP_BUSY || st == CARMP_TIMEOUT) {
         int64_t slice = carmp_next_slice(deadline);
         if (slice == 0) {
@@ -527,7 +542,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (carmp_bind_channel(m) < 0) {
+    if (carmp_bind_channel(m) < 0 || carmp_bind_table(m) < 0 || carmp_bind_ring(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -103,13 +103,28 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """On the controller, after every worker: nothing the whole run created may remain."""
+    """On the controller, after every worker: nothing this run created may remain. Names
+    whose creator is alive outside this run (another test session) are not ours."""
+    from carmp.shared.proc import is_alive
+    from carmp.shared.segment import HEADER_SIZE, SegmentHeader
+
     before = getattr(session.config, "_carmp_shm_before", None)
     if before is None:
         return
-    leftover = carmp_shm_names() - before
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    leftover = []
+    for entry in sorted(carmp_shm_names() - before):
+        try:
+            with open(f"/dev/shm/{entry}", "rb") as f:
+                header = SegmentHeader.parse(f.read(HEADER_SIZE))
+        except Exception:
+            header = None
+        if (header is not None and header.creator_pid not in ours
+                and is_alive(header.creator_pid, header.creator_start)):
+            continue
+        leftover.append(entry)
     if leftover:
-        print(f"\nFAILED: the test run left shared-memory names behind: {sorted(leftover)}",
+        print(f"\nFAILED: the test run left shared-memory names behind: {leftover}",
               file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

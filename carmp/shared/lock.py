@@ -16,7 +16,7 @@ Layout at the lock's offset (bytes, little-endian words):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -38,13 +38,16 @@ class LockStatistics:
 class RobustLock:
     """Mutual exclusion across processes; `with lock:` acquires with DEFAULT_TIMEOUT."""
 
-    __slots__ = ("_region", "_offset", "_undo_capacity", "label")
+    __slots__ = ("_region", "_offset", "_undo_capacity", "_on_recover", "label")
 
     def __init__(self, region: _native.Region, offset: int, *, undo_capacity: int = 16,
-                 label: str = "lock") -> None:
+                 label: str = "lock", on_recover: Callable[[], None] | None = None) -> None:
         self._region = region
         self._offset = offset
         self._undo_capacity = undo_capacity
+        # Repairs data the lock guards beyond its undo log (a structure with its own
+        # undo record); runs while the recovered lock is held.
+        self._on_recover = on_recover
         self.label = label
 
     @staticmethod
@@ -73,17 +76,22 @@ class RobustLock:
                 owner_pid=owner,
             ) from None
         if recovered:
-            self._recover()
+            self._recover_or_release()
 
     def acquire_nowait(self) -> None:
         recovered = self._region.lock_try(self._offset)
         if recovered is None:
             raise WouldBlock(f"{self.label} is held by pid {self._region.lock_owner(self._offset)}")
         if recovered:
-            self._recover()
+            self._recover_or_release()
 
     def release(self) -> None:
         self._region.lock_release(self._offset)
+
+    def take_over(self) -> None:
+        """Finish acquiring this lock after a native call took it from a dead owner (and
+        said so): roll back the owner's guarded write and run on_recover."""
+        self._recover_or_release()
 
     def __enter__(self) -> RobustLock:
         self.acquire()
@@ -111,6 +119,13 @@ class RobustLock:
             region.store(offset, value)
         region.store(base + _UNDO_COUNT, 0)            # the write is complete
 
+    def _recover_or_release(self) -> None:
+        try:
+            self._recover()
+        except BaseException:
+            self.release()  # a repair that fails must not leave the lock stuck here
+            raise
+
     def _recover(self) -> None:
         region, base = self._region, self._offset
         pending = region.load(base + _UNDO_COUNT)
@@ -121,6 +136,8 @@ class RobustLock:
             region.store(region.load(entry), region.load(entry + 8))
         region.store(base + _UNDO_COUNT, 0)
         region.fetch_add(base + _RECOVERIES, 1)
+        if self._on_recover is not None:
+            self._on_recover()
 
     def statistics(self) -> LockStatistics:
         return LockStatistics(
