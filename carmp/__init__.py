@@ -14,6 +14,8 @@ from carmp.errors import (
     EventLogFull as EventLogFull,
     EventTooLarge as EventTooLarge,
     EventsLost as EventsLost,
+    FarmBroken as FarmBroken,
+    FarmShutdown as FarmShutdown,
     InvalidBudget as InvalidBudget,
     InvalidEvent as InvalidEvent,
     InvalidEventLog as InvalidEventLog,
@@ -25,6 +27,9 @@ from carmp.errors import (
     LockError as LockError,
     LockTimeout as LockTimeout,
     MergeConflict as MergeConflict,
+    PayloadError as PayloadError,
+    RemoteTaskError as RemoteTaskError,
+    RemoteTraceback as RemoteTraceback,
     ReservationDenied as ReservationDenied,
     SegmentClosed as SegmentClosed,
     SegmentCorrupt as SegmentCorrupt,
@@ -35,9 +40,21 @@ from carmp.errors import (
     StateError as StateError,
     StateFull as StateFull,
     StateJournalWarning as StateJournalWarning,
+    TaskTimeout as TaskTimeout,
     TransitionsDropped as TransitionsDropped,
     ValueTooLarge as ValueTooLarge,
+    WorkerCrashed as WorkerCrashed,
     WouldBlock as WouldBlock,
+)
+from carmp.pool.farm import (
+    Farm as Farm,
+    TaskFuture as TaskFuture,
+)
+from carmp.pool.supervisor import FarmStatistics as FarmStatistics
+from carmp.pool.worker import (
+    WorkerInfo as WorkerInfo,
+    current_infra as current_infra,
+    current_worker as current_worker,
 )
 from carmp.shared.budget import (
     BudgetLimits as BudgetLimits,
@@ -65,6 +82,7 @@ from carmp.runtime.context import (
     TaskScope as TaskScope,
     current_context as current_context,
 )
+from carmp.shared.infra import SharedInfra as SharedInfra
 from carmp.shared.segment import sweep as sweep
 from carmp.shared.state import (
     DELETE as DELETE,
@@ -78,7 +96,6 @@ from carmp.shared.state import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DELETE",
     "AgentContext",
     "AgentLimit",
     "BatchOutcome",
@@ -89,6 +106,7 @@ __all__ = [
     "BudgetStatistics",
     "CarmpError",
     "CoordinationBudget",
+    "DELETE",
     "Event",
     "EventJournalWarning",
     "EventKind",
@@ -99,6 +117,10 @@ __all__ = [
     "EventReader",
     "EventTooLarge",
     "EventsLost",
+    "Farm",
+    "FarmBroken",
+    "FarmShutdown",
+    "FarmStatistics",
     "InvalidBudget",
     "InvalidEvent",
     "InvalidEventLog",
@@ -113,12 +135,16 @@ __all__ = [
     "LockTimeout",
     "MergeConflict",
     "MergeReport",
+    "PayloadError",
+    "RemoteTaskError",
+    "RemoteTraceback",
     "ReservationDenied",
     "SegmentClosed",
     "SegmentCorrupt",
     "SegmentError",
     "SegmentExists",
     "SegmentNotFound",
+    "SharedInfra",
     "SharedMemoryFull",
     "Span",
     "SpanStatus",
@@ -128,13 +154,19 @@ __all__ = [
     "StateStatistics",
     "StateStore",
     "StateTransition",
+    "TaskFuture",
     "TaskScope",
+    "TaskTimeout",
     "TokenAccounting",
     "Transaction",
     "TransitionsDropped",
     "ValueTooLarge",
+    "WorkerCrashed",
+    "WorkerInfo",
     "WouldBlock",
     "current_context",
+    "current_infra",
+    "current_worker",
     "sweep",
 ]
 

@@ -60,6 +60,19 @@ if TYPE_CHECKING:
 class CarmpError(Exception):
     """Base of every error carmp raises on purpose."""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from args and attributes, whatever __init__ takes: errors cross processes
+        # (a worker's exception travels to the supervisor) and must survive the trip.
+        return (_rebuild_error, (type(self), self.args, self.__dict__))
+
+
+def _rebuild_error(cls: type[CarmpError], args: tuple[Any, ...],
+                   fields: dict[str, Any]) -> CarmpError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(fields)
+    return error
+
 
 # ---- segments -------------------------------------------------------------------
 

@@ -1,0 +1,713 @@
+"""The supervisor: owns the dispatch segment, feeds the workers, collects results,
+and replaces workers that die, time out, or retire.
+
+    caller threads                  supervisor process                       worker k
+    ──────────────                  ──────────────────                       ────────
+    submit()/map() ──pickle──► pending deque ──pump──► task channel k ─────► run task
+                                     ▲                  (shared memory)          │
+                                     │ requeue unstarted                        │
+    Future / batch ◄── resolve ── collector thread ◄── result channel k ◄───────┤ JSON
+                                     ▲              ◄── result pipe k ◄─────────┘ pickles
+                                     │ "slot k died"
+                                 monitor thread ◄── process sentinels
+
+- Caller threads serialise (cloudpickle) in the caller, so a bad argument fails that
+  call at once, then append to `pending` and pump under `lock`.
+- The pump assigns pending tasks to workers with room (an adaptive in-flight limit
+  per worker keeps slow tasks from piling up behind one worker) and streams their
+  records, FUNCTION definitions first, through each worker's outbox.
+- The collector thread is the only reader of result channels and pipes. It resolves
+  futures, pumps, enforces per-task timeouts and the RSS limit, and handles deaths:
+  the task a dead worker was running fails with WorkerCrashed (or TaskTimeout) unless
+  it has retries left; tasks queued behind it never started and go back to pending.
+- The monitor thread blocks on the workers' process sentinels and wakes the collector
+  the moment one exits.
+- Everything that changes task or worker bookkeeping holds `lock`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+import orjson
+from multiprocess import connection
+
+from carmp import _native
+from carmp.errors import (
+    CarmpError,
+    FarmBroken,
+    FarmShutdown,
+    PayloadError,
+    RemoteTaskError,
+    TaskTimeout,
+    WorkerCrashed,
+)
+from carmp.pool import dispatch as d
+from carmp.pool.worker import WorkerHandles, worker_main
+from carmp.shared.eventlog import EventLog
+from carmp.shared.proc import own_identity
+
+RESULT_BATCH = 256
+IDLE_WAIT = 0.25            # the collector's longest sleep when nothing is due
+RSS_CHECK_INTERVAL = 0.25
+STOP_GRACE = 2.0            # how long workers get to exit after STOP, then SIGTERM
+TERM_GRACE = 1.0            # and after SIGTERM, then SIGKILL
+START_FAILURES_TO_BREAK = 3  # workers in a row that die before READY break the farm
+MIN_IN_FLIGHT, MAX_IN_FLIGHT = 2, 256
+HELPER_SPIN = 20e-6         # a caller waiting for its result spins this long before sleeping
+HANDOFF_GRACE = 0.002      # the collector thread stays parked this long after a caller helped
+QUEUED_WORK_TARGET = 0.002  # seconds of queued work per worker the pump aims for
+FUNCTIONS_PER_WORKER = 512  # function definitions a worker keeps before it is told to forget
+
+
+class Sink:
+    """Where a task's outcome goes: a Future or a batch of a map."""
+
+    def resolve(self, index: int, value: Any) -> None:
+        raise NotImplementedError
+
+    def fail(self, index: int, error: BaseException) -> None:
+        raise NotImplementedError
+
+    def start(self, index: int) -> bool:
+        """Called as the task leaves `pending`; False drops it (cancelled)."""
+        return True
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    task_id: int
+    function_id: int
+    payload: bytes
+    sink: Sink
+    index: int
+    retries: int
+    timeout: float | None
+    attempts: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class FunctionEntry:
+    function_id: int
+    pickled: bytes
+    users: int = 0  # unfinished tasks that call it
+
+
+class WorkerState:
+    """The supervisor's view of one slot's current process."""
+
+    def __init__(self, slot: d.Slot) -> None:
+        self.slot = slot
+        self.process: Any = None
+        self.pipe: Any = None
+        self.queued: collections.deque[Task] = collections.deque()
+        self.outbox: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.functions: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.reassembler = d.Reassembler()
+        self.accepting = False
+        self.kill_reason: tuple[str, int] | None = None  # ("timeout", task id) / ("rss", 0)
+        self.ready = False  # the process ran its initializer and said READY
+        self.exit_handled = False
+        self.in_flight_limit = MIN_IN_FLIGHT * 2
+        self.mean_task_seconds = 0.0
+        self.last_result_at = 0.0
+        self.exited = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid) if self.process is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class FarmStatistics:
+    workers: int
+    alive: int
+    pending: int
+    running: int
+    done: int
+    failed: int
+    respawns: int
+    recycled: int
+    crashed: int
+    events_dropped: int  # farm events a full log could not take
+
+
+class Supervisor:
+    def __init__(self, *, workers: int, context: Any, run_id: str,
+                 initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
+                 max_tasks_per_worker: int | None, max_rss_mb: float | None,
+                 spin: float, log: EventLog, infra_names: tuple[str, str, str],
+                 task_events: bool) -> None:
+        self.context = context
+        self.run_id = run_id
+        self.spin = spin
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.max_rss_bytes = None if max_rss_mb is None else int(max_rss_mb * 2**20)
+        self.initializer = None if initializer is None else cloudpickle.dumps((initializer, initargs))
+        self.log = log
+        self.infra_names = infra_names
+        self.task_events = task_events
+        self.lock = threading.RLock()
+        self.collecting = threading.Lock()  # held by whichever thread collects results now
+        self.helpers_changed = threading.Condition()
+        self.helpers = 0  # callers collecting for themselves (at most one at a time)
+        self.last_help = 0.0
+        self.idle = threading.Condition(self.lock)
+        self.pending: collections.deque[Task] = collections.deque()
+        self.unfinished: dict[int, Task] = {}
+        self.task_ids = itertools.count(1)
+        self.function_ids = itertools.count(1)
+        self.functions: dict[int, tuple[Any, FunctionEntry]] = {}  # by id() of the function
+        self.entries: dict[int, FunctionEntry] = {}  # by function id, while tasks use them
+        self.dispatch = d.Dispatch.create(workers, run_id=run_id)
+        self.states = [WorkerState(slot) for slot in self.dispatch.slots]
+        self.result_channels = [slot.results for slot in self.dispatch.slots]
+        self.deaths: collections.deque[int] = collections.deque()
+        self.broken: BaseException | None = None
+        self.closing = False
+        self.stopped = False
+        self.counts = collections.Counter[str]()
+        self.next_rss_check = 0.0
+        self.start_failures = 0
+        self.final_statistics: FarmStatistics | None = None
+        self.supervisor_identity = own_identity()
+        self.monitor_wakeup = os.pipe()
+        for state in self.states:
+            self.spawn(state)
+        self.collector = threading.Thread(target=self.collect, name="carmp-collector", daemon=True)
+        self.monitor = threading.Thread(target=self.watch_processes, name="carmp-monitor",
+                                        daemon=True)
+        self.collector.start()
+        self.monitor.start()
+
+    # ---- processes ---------------------------------------------------------------------------
+
+    def spawn(self, state: WorkerState) -> None:
+        generation = state.slot.reset(self.dispatch.task_capacity, self.dispatch.result_capacity)
+        reader, writer = self.context.Pipe(duplex=False)
+        pid, start = self.supervisor_identity
+        handles = WorkerHandles(
+            dispatch_name=self.dispatch.segment.name, slot=state.slot.index,
+            generation=generation, supervisor_pid=pid, supervisor_start=start,
+            result_pipe=writer, initializer=self.initializer,
+            max_tasks=self.max_tasks_per_worker, max_rss_bytes=self.max_rss_bytes,
+            spin=self.spin, under_fork=self.context.get_start_method() == "fork",
+            infra_names=self.infra_names, task_events=self.task_events,
+        )
+        process = self.context.Process(target=worker_main, args=(handles,), daemon=True,
+                                       name=f"carmp-worker-{state.slot.index}")
+        process.start()
+        writer.close()
+        state.process, state.pipe = process, reader
+        state.slot.set_pid(process.pid)
+        state.queued.clear()
+        state.outbox.clear()
+        state.functions.clear()
+        state.reassembler.reset()
+        state.accepting, state.kill_reason, state.exited, state.ready = True, None, False, False
+        state.exit_handled = False
+        self.emit("worker_started", slot=state.slot.index, pid=process.pid, generation=generation)
+        os.write(self.monitor_wakeup[1], b"x")  # the monitor watches the new sentinel
+
+    def watch_processes(self) -> None:
+        wakeup = self.monitor_wakeup[0]
+        while not self.stopped:
+            with self.lock:
+                watched = {s.process.sentinel: s for s in self.states
+                           if s.process is not None and not s.exited}
+            ready = connection.wait([*watched, wakeup])
+            for fd in ready:
+                if fd == wakeup:
+                    os.read(wakeup, 4096)
+                    continue
+                state = watched[fd]
+                with self.lock:
+                    if not state.exited:
+                        state.exited = True
+                        self.deaths.append(state.slot.index)
+                self.result_channels[0].ring()
+
+    # ---- submitting ---------------------------------------------------------------------------
+
+    def function_entry(self, function: Callable[..., Any]) -> FunctionEntry:
+        """One pickle per distinct function object, reused by every task that calls it."""
+        key = id(function)
+        with self.lock:
+            known = self.functions.get(key)
+        if known is not None and known[0] is function:
+            return known[1]
+        try:
+            pickled = cloudpickle.dumps(function)
+        except Exception as exc:
+            raise PayloadError(
+                f"the function {function!r} could not be pickled ({type(exc).__name__}: {exc}); "
+                "pass a function whose closure holds only picklable objects"
+            ) from exc
+        with self.lock:
+            entry = FunctionEntry(next(self.function_ids), pickled)
+            if len(self.functions) >= FUNCTIONS_PER_WORKER:
+                self.functions.pop(next(iter(self.functions)))
+            self.functions[key] = (function, entry)
+        return entry
+
+    @staticmethod
+    def pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        try:
+            return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass  # lambdas, local classes: cloudpickle handles them by value
+        try:
+            pickled: bytes = cloudpickle.dumps((args, kwargs))
+            return pickled
+        except Exception as exc:
+            raise PayloadError(
+                f"the task's arguments could not be pickled ({type(exc).__name__}: {exc}); "
+                "pass picklable arguments"
+            ) from exc
+
+    def make_task(self, entry: FunctionEntry, payload: bytes, sink: Sink, index: int,
+                  retries: int, timeout: float | None) -> Task:
+        return Task(next(self.task_ids), entry.function_id, payload, sink, index, retries, timeout)
+
+    def submit_tasks(self, tasks: Iterable[Task], entry: FunctionEntry) -> None:
+        with self.lock:
+            if self.broken is not None:
+                raise FarmBroken(f"the farm is broken: {self.broken}") from self.broken
+            if self.closing:
+                raise FarmShutdown("the farm is shut down; create a new Farm to submit more work")
+            for task in tasks:
+                self.entries[task.function_id] = entry
+                entry.users += 1
+                self.unfinished[task.task_id] = task
+                self.pending.append(task)
+                self.counts["submitted"] += 1
+                if self.task_events:
+                    self.emit("task_submitted", task_id=task.task_id)
+            self.pump()
+
+    def settle(self, task: Task) -> None:
+        """Forget a task that reached its outcome (or was dropped)."""
+        self.unfinished.pop(task.task_id, None)
+        entry = self.entries.get(task.function_id)
+        if entry is not None:
+            entry.users -= 1
+            if entry.users <= 0:
+                del self.entries[task.function_id]
+        if not self.unfinished:
+            self.idle.notify_all()
+
+    # ---- dispatching ------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Deal pending tasks to workers with room, one each in turn (fewest queued first) so
+        that a batch spreads evenly, then flush every outbox. Holds `lock`."""
+        with_room = [s for s in self.states if s.accepting and len(s.queued) < s.in_flight_limit]
+        with_room.sort(key=lambda s: len(s.queued))
+        pending = self.pending
+        while pending and with_room:
+            for state in with_room:
+                task = self.next_startable()
+                if task is None:
+                    break
+                self.assign(state, task)
+            with_room = [s for s in with_room if len(s.queued) < s.in_flight_limit]
+        for state in self.states:
+            if state.outbox:
+                self.flush(state)
+
+    def next_startable(self) -> Task | None:
+        """The next pending task whose sink still wants it run (cancelled ones are dropped)."""
+        while self.pending:
+            task = self.pending.popleft()
+            if task.attempts or task.sink.start(task.index):
+                return task
+            self.settle(task)
+        return None
+
+    def assign(self, state: WorkerState, task: Task) -> None:
+        limit = state.slot.tasks.max_message
+        if task.function_id in state.functions:
+            state.functions.move_to_end(task.function_id)
+        else:
+            entry = self.entries[task.function_id]
+            state.outbox.extend(d.fragments(d.FUNCTION, d.ID.pack(entry.function_id) + entry.pickled, limit))
+            state.functions[task.function_id] = None
+            if len(state.functions) > FUNCTIONS_PER_WORKER:
+                forgotten, _ = state.functions.popitem(last=False)
+                state.outbox.append((d.FORGET, d.ID.pack(forgotten)))
+        header = d.TASK_HEADER.pack(task.task_id, task.function_id)
+        state.outbox.extend(d.fragments(d.TASK, header + task.payload, limit))
+        state.queued.append(task)
+        task.attempts += 1
+
+    def flush(self, state: WorkerState) -> None:
+        outbox = state.outbox
+        if len(outbox) == 1:
+            if state.slot.tasks.send(*outbox[0]):
+                outbox.popleft()
+            return
+        batch = list(outbox)
+        for _ in range(state.slot.tasks.send_many(batch)):
+            outbox.popleft()
+
+    # ---- collecting --------------------------------------------------------------------------
+
+    def collect_once(self) -> tuple[bool, float]:
+        """One round of collecting: results, deaths, dispatch, limits. The caller holds
+        `collecting`. Returns whether anything happened and when limits are next due."""
+        progressed = False
+        for state in self.states:
+            if state.slot.results.readable:
+                progressed = True
+                with self.lock:
+                    self.drain(state)
+        with self.lock:
+            while self.deaths:
+                self.on_exit(self.states[self.deaths.popleft()])
+                progressed = True
+            if not self.stopped:
+                self.pump()
+            return progressed, self.enforce_limits()
+
+    def collect(self) -> None:
+        """The collector thread: collects whenever no waiting caller is doing it. While a
+        caller helps (and for HANDOFF_GRACE after), it parks off the bell so that a result
+        wakes one thread, not two."""
+        while True:
+            with self.helpers_changed:
+                while True:
+                    parked_for = self.last_help + HANDOFF_GRACE - time.monotonic()
+                    if self.stopped or (not self.helpers and parked_for <= 0):
+                        break
+                    self.helpers_changed.wait(None if self.helpers else parked_for)
+            with self.collecting:
+                if self.stopped:
+                    return
+                progressed, wait = self.collect_once()
+            if not progressed and not self.helpers:
+                _native.wait_any(self.result_channels, wait)
+
+    def help_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Collect in the calling thread until done() or the timeout: a waiter that does the
+        collector's work itself saves a thread hand-off per result. False when another
+        caller is collecting right now (then wait the ordinary way)."""
+        with self.helpers_changed:
+            if self.helpers:
+                return False
+            self.helpers += 1
+        try:
+            with self.collecting:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while not done() and not self.stopped:
+                    progressed, wait = self.collect_once()
+                    if progressed or done():
+                        continue
+                    if deadline is not None:
+                        wait = min(wait, deadline - time.monotonic())
+                        if wait <= 0:
+                            break
+                    _native.wait_any(self.result_channels, wait, HELPER_SPIN)
+        finally:
+            with self.helpers_changed:
+                self.helpers -= 1
+                self.last_help = time.monotonic()
+                self.helpers_changed.notify_all()
+        return True
+
+    def drain(self, state: WorkerState) -> None:
+        for tag, piece in state.slot.results.recv_many(RESULT_BATCH):
+            message = state.reassembler.feed(tag, piece)
+            if message is not None:
+                self.on_message(state, *message)
+
+    def on_message(self, state: WorkerState, kind: int, payload: bytes) -> None:
+        if kind in (d.RESULT, d.RESULT_PIPED, d.ERROR, d.ERROR_PIPED):
+            (task_id,) = d.ID.unpack_from(payload)
+            task = self.finish(state, task_id)
+            outcome = self.decode(state, kind, payload[d.ID.size:])
+            if task is None:
+                return
+            if kind in (d.RESULT, d.RESULT_PIPED) and not isinstance(outcome, _Undecodable):
+                self.counts["done"] += 1
+                if self.task_events:
+                    self.emit("task_finished", task_id=task_id, pid=state.pid)
+                task.sink.resolve(task.index, outcome)
+            else:
+                error = outcome.error if isinstance(outcome, _Undecodable) else outcome
+                self.fail_task(task, error, state.pid)
+        elif kind == d.READY:
+            state.ready = True
+            self.start_failures = 0
+        elif kind == d.RETIRING:
+            state.accepting = False
+            reason = orjson.loads(payload).get("reason", "")
+            self.counts["recycled"] += 1
+            self.emit("worker_recycled", slot=state.slot.index, pid=state.pid, reason=reason)
+        elif kind == d.INIT_FAILED:
+            info = orjson.loads(payload)
+            state.accepting = False
+            self.broken = RemoteTaskError.from_document(info, "the farm's initializer failed")
+
+    def decode(self, state: WorkerState, kind: int, body: bytes) -> Any:
+        """The result or exception a message carries (pickles come over the pipe)."""
+        if kind == d.RESULT:
+            return orjson.loads(body)
+        if kind == d.ERROR:
+            return RemoteTaskError.from_document(orjson.loads(body), "the task failed")
+        try:
+            pickled = state.pipe.recv_bytes()
+        except (EOFError, OSError):
+            return _Undecodable(WorkerCrashed.from_exit(state.pid, None, None, "while sending a result"))
+        try:
+            value = pickle.loads(pickled)
+        except BaseException as exc:
+            return _Undecodable(PayloadError(
+                f"the task's {'result' if kind == d.RESULT_PIPED else 'exception'} could not be "
+                f"unpickled in the supervisor ({type(exc).__name__}: {exc}); make it importable "
+                "in the supervisor's process"))
+        if kind == d.RESULT_PIPED:
+            return value
+        error, text = value
+        return RemoteTaskError.attach(error, text)
+
+    def finish(self, state: WorkerState, task_id: int) -> Task | None:
+        """Take a finished task off its worker's queue; None if it was already settled."""
+        task = self.unfinished.get(task_id)
+        if task is not None:
+            self.settle(task)
+        queued = state.queued
+        if queued and queued[0].task_id == task_id:
+            queued.popleft()
+        elif task is not None:
+            with contextlib.suppress(ValueError):
+                queued.remove(task)
+        now = time.monotonic()
+        if state.last_result_at:
+            elapsed = now - state.last_result_at
+            state.mean_task_seconds = 0.8 * state.mean_task_seconds + 0.2 * elapsed
+            ideal = QUEUED_WORK_TARGET / max(state.mean_task_seconds, 1e-7)
+            state.in_flight_limit = int(min(MAX_IN_FLIGHT, max(MIN_IN_FLIGHT, ideal)))
+        state.last_result_at = now if queued else 0.0
+        return task
+
+    def enforce_limits(self) -> float:
+        """Kill workers past a task's timeout or the RSS limit; seconds until the next check."""
+        now_ns = time.monotonic_ns()
+        wait = IDLE_WAIT
+        for state in self.states:
+            running, started = state.slot.running()
+            if not running or state.exited or state.kill_reason is not None:
+                continue
+            task = self.unfinished.get(running)
+            if task is None or task.timeout is None:
+                continue
+            left = task.timeout - (now_ns - started) / 1e9
+            if left <= 0:
+                self.kill(state, ("timeout", running))
+            else:
+                wait = min(wait, left)
+        if self.max_rss_bytes is not None and time.monotonic() >= self.next_rss_check:
+            self.next_rss_check = time.monotonic() + RSS_CHECK_INTERVAL
+            for state in self.states:
+                if not state.exited and state.kill_reason is None and _rss(state.pid) > self.max_rss_bytes:
+                    self.kill(state, ("rss", 0))
+            wait = min(wait, RSS_CHECK_INTERVAL)
+        return wait
+
+    def kill(self, state: WorkerState, reason: tuple[str, int]) -> None:
+        state.kill_reason = reason
+        state.accepting = False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGKILL)
+
+    def on_exit(self, state: WorkerState) -> None:
+        """A worker's process ended: settle its tasks, then replace it. Once per process."""
+        if state.exit_handled:
+            return
+        state.exit_handled = state.exited = True
+        self.drain(state)  # what it published before dying still counts
+        state.process.join(5)
+        exitcode = state.process.exitcode
+        running, _ = state.slot.running()
+        queued = list(state.queued)
+        state.queued.clear()
+        state.accepting = False
+        unstarted = []
+        crashed = False
+        for task in queued:
+            if task.task_id not in self.unfinished:
+                continue
+            if task.task_id != running:
+                unstarted.append(task)
+                continue
+            crashed = True
+            if self.closing:
+                self.settle(task)
+                task.sink.fail(task.index, FarmShutdown(
+                    f"the farm shut down while task {task.task_id} ran; its worker was stopped"))
+            elif state.kill_reason == ("timeout", task.task_id):
+                self.settle(task)
+                self.fail_task(task, TaskTimeout(
+                    f"task {task.task_id} ran longer than its timeout of {task.timeout} s; its "
+                    f"worker (pid {state.pid}) was killed and replaced"), state.pid)
+            elif task.retries > 0:
+                task.retries -= 1
+                unstarted.append(task)
+            else:
+                self.settle(task)
+                detail = "after exceeding max_rss_mb" if state.kill_reason == ("rss", 0) else ""
+                self.fail_task(task, WorkerCrashed.from_exit(state.pid, exitcode, task.task_id,
+                                                             detail), state.pid)
+        self.pending.extendleft(reversed(unstarted))
+        retired = exitcode == 0 and not crashed
+        kind = "worker_exited" if retired else "worker_crashed"
+        if not retired:
+            self.counts["crashed"] += 1
+        reason = None
+        if state.kill_reason is not None:
+            reason = "task timeout" if state.kill_reason[0] == "timeout" else "max_rss_mb exceeded"
+        self.emit(kind, slot=state.slot.index, pid=state.pid, exitcode=exitcode,
+                  task_id=running or None, reason=reason)
+        if state.pipe is not None:
+            state.pipe.close()
+        if not state.ready and self.broken is None:
+            self.start_failures += 1
+            if self.start_failures >= START_FAILURES_TO_BREAK:
+                self.broken = WorkerCrashed.from_exit(
+                    state.pid, exitcode, None,
+                    f"before it was ready, {self.start_failures} workers in a row; the worker "
+                    "process cannot start (check that the main module can be imported: run "
+                    "scripts from a file, not stdin)")
+        if not self.closing and self.broken is None:
+            self.counts["respawns"] += 1
+            self.spawn(state)
+        elif self.broken is not None:
+            self.fail_everything(FarmBroken(f"the farm is broken: {self.broken}"))
+
+    def fail_task(self, task: Task, error: BaseException, pid: int) -> None:
+        """A task's final failure: counted, recorded as task_failed, handed to its sink."""
+        self.counts["failed"] += 1
+        self.emit("task_failed", task_id=task.task_id, pid=pid, error=type(error).__name__,
+                  message=str(error)[:500])
+        task.sink.fail(task.index, error)
+
+    def fail_everything(self, error: BaseException) -> None:
+        tasks = list(self.unfinished.values())
+        self.pending.clear()
+        for state in self.states:
+            state.queued.clear()
+        for task in tasks:
+            self.settle(task)
+            task.sink.fail(task.index, error)
+        self.idle.notify_all()
+
+    def emit(self, kind: str, **data: Any) -> None:
+        """Record a farm event; a full or closed log costs the event, never the farm."""
+        try:
+            self.log.append(kind, data=data, run_id=self.run_id, writer="supervisor")
+        except CarmpError:
+            self.counts["events_dropped"] += 1
+
+    # ---- shutting down ------------------------------------------------------------------------
+
+    def cancel_pending(self) -> None:
+        with self.lock:
+            for task in self.pending:
+                self.settle(task)
+                task.sink.fail(task.index, FarmShutdown(
+                    "the farm shut down with cancel_futures=True before this task started"))
+            self.pending.clear()
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while self.unfinished and self.broken is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.idle.wait(left)
+            return True
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop every worker (STOP, then SIGTERM, then SIGKILL), fail what is left, release all."""
+        with self.lock:
+            if self.stopped:
+                return
+            self.closing = True
+            for state in self.states:
+                state.accepting = False
+                state.slot.tasks.send(d.STOP, b"")
+        deadline = time.monotonic() + grace
+        for state in self.states:
+            state.process.join(max(0.0, deadline - time.monotonic()))
+        for signum, wait in ((signal.SIGTERM, TERM_GRACE), (signal.SIGKILL, TERM_GRACE)):
+            alive = [s for s in self.states if s.process.exitcode is None]
+            for state in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(state.pid, signum)
+            deadline = time.monotonic() + wait
+            for state in alive:
+                state.process.join(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            for state in self.states:
+                self.on_exit(state)  # exits the collector has not seen yet
+            self.deaths.clear()
+            self.fail_everything(FarmShutdown(
+                "the farm shut down before this task finished; its worker was stopped"))
+            self.final_statistics = self.statistics()
+            self.stopped = True
+        self.result_channels[0].ring()
+        with self.helpers_changed:
+            self.helpers_changed.notify_all()
+        os.write(self.monitor_wakeup[1], b"x")
+        self.collector.join()
+        self.monitor.join()
+        for state in self.states:
+            if state.pipe is not None:
+                state.pipe.close()
+            state.process.join(0)
+        for fd in self.monitor_wakeup:
+            os.close(fd)
+        self.dispatch.close()
+
+    def statistics(self) -> FarmStatistics:
+        with self.lock:
+            if self.final_statistics is not None:
+                return self.final_statistics
+            running = sum(1 for s in self.states if s.slot.running()[0])
+            return FarmStatistics(
+                workers=len(self.states),
+                alive=sum(1 for s in self.states if not s.exited and s.process.exitcode is None),
+                pending=len(self.pending),
+                running=running,
+                done=self.counts["done"],
+                failed=self.counts["failed"],
+                respawns=self.counts["respawns"],
+                recycled=self.counts["recycled"],
+                crashed=self.counts["crashed"],
+                events_dropped=self.counts["events_dropped"],
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    error: BaseException
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
