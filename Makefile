@@ -48,6 +48,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_budget.py
 	$(PY) bench/bench_state.py
 	$(PY) bench/bench_eventlog.py
+	$(PY) bench/bench_pool.py
 
 cleanup: $(VENV)/.installed
 	$(PY) -c "import carmp; [print('removed', s.name, '-', s.reason) for s in carmp.sweep()]"

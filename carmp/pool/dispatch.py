@@ -167,9 +167,7 @@ class Dispatch:
         region.store(SLOT_COUNT, slot_count)
         region.store(TASK_CAPACITY, task_capacity)
         region.store(RESULT_CAPACITY, result_capacity)
-        dispatch = cls(segment)
-        for slot in dispatch.slots:
-            slot.reset(task_capacity, result_capacity)
+        dispatch = cls(segment)  # each slot's channels are set up as its worker is spawned
         segment.mark_ready()
         return dispatch
 

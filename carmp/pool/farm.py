@@ -25,6 +25,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 import multiprocess
+from multiprocess import forkserver
 
 from carmp.errors import FarmShutdown
 from carmp.shared.budget import BudgetLimits, CoordinationBudget
@@ -216,6 +217,9 @@ class Farm:
         context = multiprocess.get_context(start_method)
         if start_method == "forkserver":
             context.set_forkserver_preload(["carmp.pool.worker"])
+            # boot the forkserver now: it imports carmp in its own process while this one
+            # creates the segments, and the first worker starts as soon as both are done
+            forkserver.ensure_running()
         if spin is None:
             # an idle worker spins this long for its next task before it sleeps; that pays
             # only when the workers need not share cores with the supervisor
