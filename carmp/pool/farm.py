@@ -39,6 +39,7 @@ from carmp.pool.supervisor import (
     Sink,
     Supervisor,
     Task,
+    sigint_blocked,
 )
 from carmp.shared.segment import new_run_id, sweep
 
@@ -46,6 +47,7 @@ T = TypeVar("T")
 START_METHODS = ("fork", "forkserver", "spawn")
 IMAP_WINDOW_PER_WORKER = 256  # tasks imap keeps in flight per worker while it iterates
 PROGRESS_INTERVAL = 0.1
+WORKER_SPIN = 50e-6
 
 
 class TaskFuture(Future[Any]):
@@ -219,11 +221,12 @@ class Farm:
             context.set_forkserver_preload(["carmp.pool.worker"])
             # boot the forkserver now: it imports carmp in its own process while this one
             # creates the segments, and the first worker starts as soon as both are done
-            forkserver.ensure_running()
+            with sigint_blocked():  # the forkserver and so every worker start with it blocked
+                forkserver.ensure_running()
         if spin is None:
-            # an idle worker spins this long for its next task before it sleeps; that pays
-            # only when the workers need not share cores with the supervisor
-            spin = 50e-6 if (os.cpu_count() or 1) > workers + 1 else 0.0
+            # an idle worker spins this long for its next task before it sleeps: back-to-back
+            # tasks skip a cross-CPU wake-up (tens of us here), and idling costs at most this
+            spin = WORKER_SPIN
         if log is not None and log_path is not None:
             raise ValueError("pass log= (an EventLog) or log_path= (a journal for a new one), not both")
         self.workers = workers

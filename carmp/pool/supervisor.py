@@ -35,7 +35,7 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,7 @@ STOP_GRACE = 2.0            # how long workers get to exit after STOP, then SIGT
 TERM_GRACE = 1.0            # and after SIGTERM, then SIGKILL
 START_FAILURES_TO_BREAK = 3  # workers in a row that die before READY break the farm
 MIN_IN_FLIGHT, MAX_IN_FLIGHT = 2, 256
-HELPER_SPIN = 20e-6         # a caller waiting for its result spins this long before sleeping
+HELPER_SPIN = 50e-6         # a caller waiting for its result spins this long before sleeping
 HANDOFF_GRACE = 0.002      # the collector thread stays parked this long after a caller helped
 QUEUED_WORK_TARGET = 0.002  # seconds of queued work per worker the pump aims for
 FUNCTIONS_PER_WORKER = 512  # function definitions a worker keeps before it is told to forget
@@ -207,7 +207,8 @@ class Supervisor:
         )
         process = self.context.Process(target=worker_main, args=(handles,), daemon=True,
                                        name=f"carmp-worker-{state.slot.index}")
-        process.start()
+        with sigint_blocked():
+            process.start()
         writer.close()
         state.process, state.pipe = process, reader
         state.slot.set_pid(process.pid)
@@ -698,6 +699,17 @@ class Supervisor:
                 crashed=self.counts["crashed"],
                 events_dropped=self.counts["events_dropped"],
             )
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while it starts processes: they inherit the mask (across
+    fork and exec), so a Ctrl-C cannot kill a worker before it has chosen to ignore SIGINT."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass(frozen=True, slots=True)

@@ -252,6 +252,7 @@ def worker_main(handles: WorkerHandles) -> None:
     """Entry point of every worker process."""
     global _current, _infra_names
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the start
     if handles.under_fork:
         _native.set_parent_death_signal(signal.SIGKILL)
     _native.watchdog_start(handles.supervisor_pid)

@@ -496,3 +496,14 @@ def test_tasks_see_the_farms_world(start_method: str) -> None:
         assert sorted(e.data["i"] for e in notes) == [0, 1, 2]
         assert os.getpid() not in {e.data["from"] for e in notes}
     assert tasks.outside_a_worker() is None
+
+
+def test_workers_ignore_sigint(farm: Farm) -> None:
+    """Ctrl-C reaches the whole process group; only the supervisor decides what it means."""
+    pids = [s.pid for s in farm._supervisor.states]
+    running = farm.submit(tasks.sleep_then, 0.3, "survived")
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)
+    assert running.result(WAIT) == "survived"
+    assert farm.statistics().crashed == 0
+    assert_serving(farm)
