@@ -99,6 +99,10 @@ int carmp_bell_ring(carmp_bell *bell);
  * carmp_set_parent_death_signal: prctl(PR_SET_PDEATHSIG) for the calling thread's parent. */
 carmp_status carmp_watchdog_start(int32_t pid);
 carmp_status carmp_set_parent_death_signal(int signal_number);
+/* Ignore SIGINT process-wide (nestable) while child processes start, whichever thread
+ * starts them: a child created meanwhile (fork, or fork + exec) begins with SIGINT ignored. */
+carmp_status carmp_sigint_ignore(void);
+carmp_status carmp_sigint_restore(void);
 
 /* ---- checksums and hashing -------------------------------------------- */
 uint32_t carmp_crc32c(uint32_t crc, const void *data, size_t n);  /* pass 0 to start */

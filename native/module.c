@@ -505,7 +505,24 @@ static PyObject *native_set_parent_death_signal(PyObject *Py_UNUSED(module), PyO
     Py_RETURN_NONE;
 }
 
+static PyObject *native_sigint_ignore(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg)) {
+    carmp_status st = carmp_sigint_ignore();
+    if (st != CARMP_OK) return carmp_raise_status(st, "sigint_ignore");
+    Py_RETURN_NONE;
+}
+
+static PyObject *native_sigint_restore(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg)) {
+    carmp_status st = carmp_sigint_restore();
+    if (st == CARMP_EINVAL) return PyErr_Format(PyExc_RuntimeError, "sigint_restore() without sigint_ignore()");
+    if (st != CARMP_OK) return carmp_raise_status(st, "sigint_restore");
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"sigint_ignore", (PyCFunction)native_sigint_ignore, METH_NOARGS,
+     "sigint_ignore(): ignore SIGINT process-wide until the matching sigint_restore()"},
+    {"sigint_restore", (PyCFunction)native_sigint_restore, METH_NOARGS,
+     "sigint_restore(): undo one sigint_ignore()"},
     {"watchdog_start", (PyCFunction)native_watchdog_start, METH_O,
      "watchdog_start(pid): SIGKILL this process as soon as process `pid` exits"},
     {"set_parent_death_signal", (PyCFunction)native_set_parent_death_signal, METH_O,

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -71,6 +72,30 @@ carmp_status carmp_watchdog_start(int32_t pid) {
         return CARMP_ERRNO;
     }
     return CARMP_OK;
+}
+
+/* Nested ignoring of SIGINT: the first carmp_sigint_ignore saves the disposition, the
+ * matching last carmp_sigint_restore puts it back. Callers serialise (the GIL does). */
+static struct sigaction saved_sigint;
+static int sigint_ignores;
+
+carmp_status carmp_sigint_ignore(void) {
+    if (sigint_ignores++ > 0) return CARMP_OK;
+    struct sigaction ignore;
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    if (sigaction(SIGINT, &ignore, &saved_sigint) != 0) {
+        sigint_ignores--;
+        return CARMP_ERRNO;
+    }
+    return CARMP_OK;
+}
+
+carmp_status carmp_sigint_restore(void) {
+    if (sigint_ignores == 0) return CARMP_EINVAL;
+    if (--sigint_ignores > 0) return CARMP_OK;
+    return sigaction(SIGINT, &saved_sigint, NULL) == 0 ? CARMP_OK : CARMP_ERRNO;
 }
 
 carmp_status carmp_set_parent_death_signal(int signal_number) {

@@ -39,7 +39,7 @@ from carmp.pool.supervisor import (
     Sink,
     Supervisor,
     Task,
-    sigint_blocked,
+    sigint_ignored,
 )
 from carmp.shared.segment import new_run_id, sweep
 
@@ -221,7 +221,7 @@ class Farm:
             context.set_forkserver_preload(["carmp.pool.worker"])
             # boot the forkserver now: it imports carmp in its own process while this one
             # creates the segments, and the first worker starts as soon as both are done
-            with sigint_blocked():  # the forkserver and so every worker start with it blocked
+            with sigint_ignored():  # the forkserver, and so every worker, start ignoring it
                 forkserver.ensure_running()
         if spin is None:
             # an idle worker spins this long for its next task before it sleeps: back-to-back

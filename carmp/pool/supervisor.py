@@ -207,7 +207,7 @@ class Supervisor:
         )
         process = self.context.Process(target=worker_main, args=(handles,), daemon=True,
                                        name=f"carmp-worker-{state.slot.index}")
-        with sigint_blocked():
+        with sigint_ignored():
             process.start()
         writer.close()
         state.process, state.pipe = process, reader
@@ -702,14 +702,15 @@ class Supervisor:
 
 
 @contextlib.contextmanager
-def sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread while it starts processes: they inherit the mask (across
-    fork and exec), so a Ctrl-C cannot kill a worker before it has chosen to ignore SIGINT."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while processes start (from any thread): a child begins with it ignored,
+    across fork and exec, so a Ctrl-C cannot kill a worker before it has chosen to ignore
+    SIGINT itself. A Ctrl-C that lands in these milliseconds is lost; press it again."""
+    _native.sigint_ignore()
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _native.sigint_restore()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import cloudpickle
 import orjson
@@ -24,8 +24,10 @@ import orjson
 from carmp import _native
 from carmp.errors import CarmpError, PayloadError
 from carmp.pool import dispatch as d
-from carmp.shared.infra import SharedInfra
 from carmp.shared.proc import is_alive
+
+if TYPE_CHECKING:
+    from carmp.shared.infra import SharedInfra
 
 EXIT_INIT_FAILED = 3
 RECV_BATCH = 64
@@ -75,6 +77,9 @@ def current_infra() -> SharedInfra | None:
     attached on first use; None outside a farm's worker."""
     global _infra
     if _infra is None and _infra_names is not None:
+        # imported here: most tasks never touch the world, and workers start faster
+        from carmp.shared.infra import SharedInfra
+
         _infra = SharedInfra.attach(*_infra_names)
     return _infra
 
@@ -251,8 +256,7 @@ def _error_document(exc: BaseException, text: str) -> dict[str, str]:
 def worker_main(handles: WorkerHandles) -> None:
     """Entry point of every worker process."""
     global _current, _infra_names
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the start
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # it already was, since the process began
     if handles.under_fork:
         _native.set_parent_death_signal(signal.SIGKILL)
     _native.watchdog_start(handles.supervisor_pid)

@@ -59,8 +59,24 @@ static void test_bad_pid_is_refused(void) {
     passed++;
 }
 
+static void test_sigint_ignore_nests_and_restores(void) {
+    struct sigaction now;
+    CHECK(carmp_sigint_restore() == CARMP_EINVAL); /* nothing to undo */
+    CHECK(carmp_sigint_ignore() == CARMP_OK);
+    CHECK(carmp_sigint_ignore() == CARMP_OK);
+    raise(SIGINT); /* ignored: we are still here */
+    CHECK(carmp_sigint_restore() == CARMP_OK);
+    sigaction(SIGINT, NULL, &now);
+    CHECK(now.sa_handler == SIG_IGN); /* the outer ignore still holds */
+    CHECK(carmp_sigint_restore() == CARMP_OK);
+    sigaction(SIGINT, NULL, &now);
+    CHECK(now.sa_handler == SIG_DFL);
+    passed++;
+}
+
 int main(void) {
     test_bad_pid_is_refused();
+    test_sigint_ignore_nests_and_restores();
     test_worker_dies_with_its_supervisor();
     printf("watchdog: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

@@ -500,6 +500,10 @@ def test_tasks_see_the_farms_world(start_method: str) -> None:
 
 def test_workers_ignore_sigint(farm: Farm) -> None:
     """Ctrl-C reaches the whole process group; only the supervisor decides what it means."""
+    assert farm.map(tasks.square, range(10)) == [x * x for x in range(10)]
+    deadline = time.monotonic() + WAIT
+    while not all(s.ready for s in farm._supervisor.states) and time.monotonic() < deadline:
+        time.sleep(0.01)
     pids = [s.pid for s in farm._supervisor.states]
     running = farm.submit(tasks.sleep_then, 0.3, "survived")
     for pid in pids:
