@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # the C core (no Python.h); module.c and bind_*.c are the Python binding
 NATIVE_SRC := $(filter-out native/module.c native/bind_%.c,$(wildcard native/*.c))
 BINDING_SRC := native/module.c $(wildcard native/bind_*.c)
-NATIVE_HDR := native/carmp_native.h native/binding.h
+NATIVE_HDR := native/carmp_native.h native/binding.h native/tests/check.h
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -g -O1 -pthread $(SANITIZE)
 PYTEST_WORKERS ?= auto

@@ -8,27 +8,7 @@
 #include <unistd.h>
 
 #include "../carmp_native.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,     \
-                    __func__, #cond);                                                 \
-            failed++;                                                                 \
-            return;                                                                   \
-        }                                                                             \
-    } while (0)
-
-static void *shared_pages(size_t n) {
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        perror("mmap");
-        exit(2);
-    }
-    return p;
-}
+#include "check.h"
 
 static void test_init_validates_capacity(void) {
     void *ch = shared_pages(carmp_channel_size(4096));
@@ -200,6 +180,5 @@ int main(void) {
     test_random_traffic_matches_a_model();
     test_corrupt_record_is_reported();
     test_two_processes_with_bells();
-    printf("channel: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return report("channel");
 }

@@ -10,27 +10,7 @@
 #include <unistd.h>
 
 #include "../carmp_native.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,     \
-                    __func__, #cond);                                                 \
-            failed++;                                                                 \
-            return;                                                                   \
-        }                                                                             \
-    } while (0)
-
-static void *shared_pages(size_t n) {
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        perror("mmap");
-        exit(2);
-    }
-    return p;
-}
+#include "check.h"
 
 static void test_atomics(void) {
     uint64_t w = 5, expected = 5;
@@ -230,6 +210,5 @@ int main(void) {
     test_lock_mutual_exclusion();
     test_fetch_add_across_processes();
     test_wait_and_wake();
-    printf("native: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return report("native");
 }

@@ -11,18 +11,7 @@
 #include <unistd.h>
 
 #include "../carmp_native.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,     \
-                    __func__, #cond);                                                 \
-            failed++;                                                                 \
-            return;                                                                   \
-        }                                                                             \
-    } while (0)
+#include "check.h"
 
 #define SECOND 1000000000LL
 
@@ -574,6 +563,5 @@ int main(void) {
     test_reader_sleeps_until_a_commit_wakes_it();
     test_backpressure_waits_for_a_registered_reader();
     test_dead_reader_is_reaped();
-    printf("ring: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return report("ring");
 }

@@ -10,18 +10,7 @@
 #include <unistd.h>
 
 #include "../carmp_native.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,     \
-                    __func__, #cond);                                                 \
-            failed++;                                                                 \
-            return;                                                                   \
-        }                                                                             \
-    } while (0)
+#include "check.h"
 
 typedef struct {
     void *mem;
@@ -491,6 +480,5 @@ int main(void) {
     test_churn_matches_a_model();
     test_recover_an_image_of_an_open_batch();
     test_sigkill_writers_under_readers();
-    printf("table: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return report("table");
 }

@@ -7,18 +7,7 @@
 #include <unistd.h>
 
 #include "../carmp_native.h"
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        if (!(cond)) {                                                                \
-            fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__,     \
-                    __func__, #cond);                                                 \
-            failed++;                                                                 \
-            return;                                                                   \
-        }                                                                             \
-    } while (0)
+#include "check.h"
 
 /* A "supervisor" child forks a "worker" grandchild that watches it; killing the
  * supervisor must take the worker down too. The worker reports its pid through a pipe. */
@@ -78,6 +67,5 @@ int main(void) {
     test_bad_pid_is_refused();
     test_sigint_ignore_nests_and_restores();
     test_worker_dies_with_its_supervisor();
-    printf("watchdog: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return report("watchdog");
 }
