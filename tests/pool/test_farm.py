@@ -427,25 +427,13 @@ def test_supervisor_sigkill_leaves_no_worker_and_sweep_cleans_up(start_method: s
     assert not [n for n in list_segment_names() if run_id in n]  # ... the sweep does
 
 
-def test_ctrl_c_once_stops_the_farm(tmp_path: Any) -> None:
+@pytest.mark.parametrize("presses", [1, 2], ids=["once: stop after a grace", "twice: kill"])
+def test_ctrl_c_stops_the_farm_and_leaves_nothing(tmp_path: Any, presses: int) -> None:
     action = "with farm:\n        farm.map(tasks.sleep_then, [3600] * 4)"
     proc, pids, run_id = run_supervisor(tmp_path, "forkserver", action)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(WAIT) != 0
-    proc.stdout.close()  # type: ignore[union-attr]
-    assert not wait_gone(pids, WAIT)
-    from carmp.shared.segment import list_segment_names
-    assert not [n for n in list_segment_names() if run_id in n]
-
-
-def test_ctrl_c_twice_kills_at_once(tmp_path: Any) -> None:
-    action = "with farm:\n        farm.map(tasks.sleep_then, [3600] * 4)"
-    proc, pids, run_id = run_supervisor(tmp_path, "forkserver", action)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    for _ in range(presses):
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
     assert proc.wait(WAIT) != 0
     proc.stdout.close()  # type: ignore[union-attr]
     assert not wait_gone(pids, WAIT)
