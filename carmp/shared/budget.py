@@ -47,12 +47,13 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from carmp.errors import (
     AgentLimit,
+    CarmpError,
     BudgetExhausted,
     InvalidBudget,
     LeaseNotHeld,
@@ -62,6 +63,9 @@ from carmp.errors import (
 from carmp.shared.lock import DEFAULT_TIMEOUT, RobustLock
 from carmp.shared.proc import is_alive, own_identity
 from carmp.shared.segment import HEADER_SIZE, Segment
+
+if TYPE_CHECKING:
+    from carmp.shared.eventlog import EventLog
 
 LAYOUT_VERSION = 1
 KIND = "budget"
@@ -284,6 +288,7 @@ class CoordinationBudget:
             _segment.mark_ready()
         else:
             self._bind(_segment)
+        self._events: EventLog | None = None
         self.limits = self._read_limits()
         self._spend_limited = any(w != NO_LIMIT for w in self.limits._words())
         self._max_agents = self._region.load(MAX_AGENTS)
@@ -321,8 +326,9 @@ class CoordinationBudget:
     def name(self) -> str:
         return self._segment.name
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (CoordinationBudget.attach, (self._segment.name,))
+    def __reduce__(self) -> tuple[Any, tuple[str, str | None]]:
+        events = self._events.name if self._events is not None else None
+        return (_attach_recording, (self._segment.name, events))
 
     def close(self) -> None:
         """Detach; in the creating process this also removes the segment."""
@@ -345,7 +351,10 @@ class CoordinationBudget:
             self._deny_exhausted()
         if self._add_bounded(AGENTS_STARTED, 1, self._max_agents) < 0:
             self._region.fetch_add(DENIED_AGENT_LIMIT, 1)
-            raise AgentLimit(max=self._max_agents, started=self._region.load(AGENTS_STARTED))
+            started = self._region.load(AGENTS_STARTED)
+            self._emit("budget_denied", gate="begin_agent", reason="max_agents",
+                       max_agents=self._max_agents, started=started)
+            raise AgentLimit(max=self._max_agents, started=started)
 
     def record_output(self, tokens: TokenAccounting | _HasTokens | None) -> None:
         """Add reported spend: a TokenAccounting, or anything with `.tokens` (an AgentOutput).
@@ -364,7 +373,9 @@ class CoordinationBudget:
         index = self._first_reached(SPENT, LIMITS, 4)
         snapshot = self.snapshot()
         spent = self._region.load(SPENT + 8 * index)
-        raise BudgetExhausted(self._crossing(index, spent, "reached"), snapshot)
+        reason = self._crossing(index, spent, "reached")
+        self._emit("budget_denied", gate="begin_agent", reason=reason)
+        raise BudgetExhausted(reason, snapshot)
 
     def _crossing(self, index: int, amount: int, verb: str) -> str:
         """'<dimension> <amount> <verb> the limit of <limit>', in dollars for cost."""
@@ -410,10 +421,11 @@ class CoordinationBudget:
         if not isinstance(estimate, TokenAccounting):
             raise TypeError(f"estimate must be a TokenAccounting, got {type(estimate).__name__}")
         words = estimate.as_words()
+        refunds: list[dict[str, Any]] = []
         self._lock.acquire(DEFAULT_TIMEOUT if timeout is None else timeout)
         try:
             index = self._overshoot(words)
-            if index >= 0 and self._reclaim_locked() > 0:
+            if index >= 0 and self._reclaim_locked(refunds):
                 index = self._overshoot(words)
             if index >= 0:
                 self._region.fetch_add(RESERVATIONS_DENIED, 1)
@@ -422,16 +434,28 @@ class CoordinationBudget:
                 reason = self._crossing(index, wanted, "(spent + reserved + this estimate) would exceed")
                 raise ReservationDenied(reason, self.snapshot())
             slot = self._free_slot()
-            if slot < 0 and self._reclaim_locked() > 0:
+            if slot < 0 and self._reclaim_locked(refunds):
                 slot = self._free_slot()
             if slot < 0:
                 raise LeaseTableFull(
                     f"all {self._slots} lease slots of {self.name} are held; commit or release "
                     "leases first, or create the budget with more lease_slots"
                 )
-            return self._grant(slot, words, estimate)
-        finally:
+            lease = self._grant(slot, words, estimate)
+        except ReservationDenied as exc:
             self._lock.release()
+            self._emit_refunds(refunds)
+            self._emit("budget_denied", gate="reserve", reason=exc.reason,
+                       estimate=list(words))
+            raise
+        except BaseException:
+            self._lock.release()
+            self._emit_refunds(refunds)
+            raise
+        self._lock.release()
+        self._emit_refunds(refunds)
+        self._emit("budget_reserved", lease_id=lease.lease_id, estimate=list(words))
+        return lease
 
     def _overshoot(self, words: tuple[int, int, int, int]) -> int:
         load = self._region.load
@@ -478,13 +502,16 @@ class CoordinationBudget:
             # Spend first: a crash after this leaves the lease held, to be refunded whole
             # as a dead owner's, and never lets the cap be granted twice.
             self._add_many(SPENT, *used)
-            self._settle(lease.slot, used)
+            refund = self._settle(lease.slot, used)
+        self._emit("budget_refunded", lease_id=lease.lease_id, reason="committed",
+                   refund=refund, used=list(used))
 
     def release(self, lease: Lease) -> None:
         """Return a lease unused."""
         with self._lock:
             self._check_held(lease)
-            self._settle(lease.slot, (0, 0, 0, 0))
+            refund = self._settle(lease.slot, (0, 0, 0, 0))
+        self._emit("budget_refunded", lease_id=lease.lease_id, reason="released", refund=refund)
 
     @contextlib.contextmanager
     def reservation(self, estimate: TokenAccounting) -> Iterator[Lease]:
@@ -508,35 +535,61 @@ class CoordinationBudget:
                 "committed or released, or refunded because its owner process died"
             )
 
-    def _settle(self, slot: int, used: tuple[int, int, int, int]) -> None:
-        """Free a held slot; refund estimate minus what was used (never below zero)."""
+    def _settle(self, slot: int, used: tuple[int, int, int, int]) -> list[int]:
+        """Free a held slot; refund estimate minus what was used (never below zero).
+        Returns the refund per dimension."""
         load = self._region.load
         base = LEASES + SLOT_SIZE * slot
         estimate = [load(base + _SLOT_ESTIMATE + 8 * i) for i in range(4)]
         writes = [(base + _SLOT_ID, 0), (LEASES_HELD, load(LEASES_HELD) - 1)]
+        refunds = [estimate[i] - min(used[i], estimate[i]) for i in range(4)]
         for i in range(4):
             if estimate[i]:
-                refund = estimate[i] - min(used[i], estimate[i])
                 writes.append((RESERVED + 8 * i, load(RESERVED + 8 * i) - estimate[i]))
-                if refund:
-                    writes.append((REFUNDED + 8 * i, load(REFUNDED + 8 * i) + refund))
+                if refunds[i]:
+                    writes.append((REFUNDED + 8 * i, load(REFUNDED + 8 * i) + refunds[i]))
         self._lock.write_words(writes)
+        return refunds
 
     def reclaim_dead_leases(self) -> int:
         """Refund every lease whose owner process has died; returns how many."""
+        refunds: list[dict[str, Any]] = []
         with self._lock:
-            return self._reclaim_locked()
+            self._reclaim_locked(refunds)
+        self._emit_refunds(refunds)
+        return len(refunds)
 
-    def _reclaim_locked(self) -> int:
+    def _reclaim_locked(self, refunds: list[dict[str, Any]]) -> bool:
+        """Refund dead owners' leases (lock held); each refund is appended to `refunds`.
+        True if any was refunded."""
         load = self._region.load
-        reclaimed = 0
+        before = len(refunds)
         for slot in range(self._slots):
             base = LEASES + SLOT_SIZE * slot
-            if load(base + _SLOT_ID) and not is_alive(load(base + _SLOT_PID), load(base + _SLOT_START)):
-                self._settle(slot, (0, 0, 0, 0))
+            lease_id, pid = load(base + _SLOT_ID), load(base + _SLOT_PID)
+            if lease_id and not is_alive(pid, load(base + _SLOT_START)):
+                refund = self._settle(slot, (0, 0, 0, 0))
                 self._region.fetch_add(DEAD_LEASES_REFUNDED, 1)
-                reclaimed += 1
-        return reclaimed
+                refunds.append({"lease_id": lease_id, "reason": "owner died", "pid": pid,
+                                "refund": refund})
+        return len(refunds) > before
+
+    # ---- events --------------------------------------------------------------------------
+
+    def record_events_in(self, log: EventLog | None) -> None:
+        """Record every denial, reservation and refund this handle makes in `log`
+        (budget_denied, budget_reserved, budget_refunded); copies of this handle sent to
+        other processes record there too."""
+        self._events = log
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self._events is not None:
+            with contextlib.suppress(CarmpError):  # a full log costs the event, not the budget
+                self._events.append(kind, data=data, writer="budget")
+
+    def _emit_refunds(self, refunds: list[dict[str, Any]]) -> None:
+        for refund in refunds:
+            self._emit("budget_refunded", **refund)
 
     def leases(self) -> list[tuple[Lease, int]]:
         """Outstanding leases with their owner pids."""
@@ -579,6 +632,16 @@ class CoordinationBudget:
             for name, offset in (("limits", LIMITS), ("spent", SPENT), ("reserved", RESERVED),
                                  ("granted", GRANTED), ("refunded", REFUNDED))
         }
+
+
+def _attach_recording(name: str, events: str | None) -> CoordinationBudget:
+    """Unpickle a budget: attach it, and its event log when the sender recorded into one."""
+    budget = CoordinationBudget.attach(name)
+    if events is not None:
+        from carmp.shared.eventlog import EventLog
+
+        budget.record_events_in(EventLog.attach(events))
+    return budget
 
 
 def _tokens_of(output: Any) -> TokenAccounting | None:

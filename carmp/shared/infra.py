@@ -25,6 +25,7 @@ class SharedInfra:
         self.log = log if log is not None else self._own(EventLog(run_id=run_id))
         self.budget = budget if budget is not None else self._own(
             CoordinationBudget(BudgetLimits(), run_id=run_id))
+        self.budget.record_events_in(self.log)  # every grant, denial and refund is an event
 
     def _own(self, part: Any) -> Any:
         self._owned.append(part)
@@ -38,6 +39,7 @@ class SharedInfra:
         infra.state = infra._own(StateStore.attach(state))
         infra.log = infra._own(EventLog.attach(log))
         infra.budget = infra._own(CoordinationBudget.attach(budget))
+        infra.budget.record_events_in(infra.log)
         return infra
 
     def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:
@@ -53,6 +55,7 @@ class SharedInfra:
         """Use a budget that other infras may share: spend anywhere counts everywhere."""
         old = self.budget
         self.budget = budget
+        budget.record_events_in(self.log)
         if old in self._owned and old is not budget:
             self._owned.remove(old)
             old.close()

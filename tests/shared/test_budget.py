@@ -527,8 +527,12 @@ def test_sigkill_at_random_points_of_reserve_and_commit_keeps_the_books(make_bud
     budget = make_budget(BudgetLimits(max_total_tokens=cap, max_cost_usd=10**6))
     rng = random.Random(1234)
     for round_ in range(40):
+        granted = budget.statistics().reservations_granted
         worker = ctx.Process(target=churn_reservations, args=(budget, round_))
         worker.start()
+        deadline = time.monotonic() + 60  # let it get going: a kill should land mid-churn
+        while budget.statistics().reservations_granted == granted and time.monotonic() < deadline:
+            time.sleep(0.0005)
         time.sleep(rng.uniform(0.001, 0.02))
         kill(worker.pid)
         worker.join()
@@ -543,3 +547,39 @@ def test_sigkill_at_random_points_of_reserve_and_commit_keeps_the_books(make_bud
     # the kills really landed inside the lock and inside held leases (about 3 in 4 and 1 in 4)
     stats = budget.statistics()
     assert stats.lock_recoveries > 0 and stats.dead_leases_refunded > 0
+
+
+# ---- every grant, denial and refund is an event (ROBUSTNESS R3) -------------------------------
+
+
+def test_decisions_are_recorded_in_an_event_log(make_budget: Any, mp_context: Any) -> None:
+    from carmp.shared.eventlog import EventLog
+
+    with EventLog() as log:
+        budget = make_budget(BudgetLimits(max_total_tokens=100, max_agents=1))
+        budget.record_events_in(log)
+        lease = budget.reserve(T(60, 0))
+        with pytest.raises(ReservationDenied):
+            budget.reserve(T(50, 0))
+        budget.commit(lease, T(40, 0))
+        budget.release(budget.reserve(T(10, 0)))
+        budget.try_begin_agent()
+        with pytest.raises(AgentLimit):
+            budget.try_begin_agent()
+        report = mp_context.Queue()
+        holder = mp_context.Process(target=reserve_and_hold, args=(budget, 30, report))
+        holder.start()
+        assert report.get(timeout=60)[0] == "granted"
+        kill(holder.pid)
+        holder.join()
+        assert budget.reclaim_dead_leases() == 1
+        events = [(e.kind, e.data) for e in log.events() if e.kind.startswith("budget_")]
+    kinds = [kind for kind, _ in events]
+    # the holder process records its own reservation: the handle it got carries the log
+    assert kinds == ["budget_reserved", "budget_denied", "budget_refunded", "budget_reserved",
+                     "budget_refunded", "budget_denied", "budget_reserved", "budget_refunded"]
+    assert events[1][1]["gate"] == "reserve" and "would exceed" in events[1][1]["reason"]
+    assert events[2][1] == {"lease_id": events[0][1]["lease_id"], "reason": "committed",
+                            "refund": [20, 0, 20, 0], "used": [40, 0, 40, 0]}
+    assert events[5][1]["reason"] == "max_agents"
+    assert events[7][1]["reason"] == "owner died" and events[7][1]["pid"] == holder.pid
