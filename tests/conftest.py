@@ -27,16 +27,15 @@ def carmp_shm_names() -> set[str]:
 
 def _own_segment_names(names: set[str]) -> set[str]:
     """Names whose header says this process created them (other xdist workers run beside us)."""
-    from carmp.shared.segment import HEADER_SIZE, SegmentHeader
+    from carmp.shared.segment import peek_header
 
     own = set()
     for entry in names:
         try:
-            with open(f"/dev/shm/{entry}", "rb") as f:
-                header = SegmentHeader.parse(f.read(HEADER_SIZE))
-        except Exception:
+            header = peek_header(entry)
+        except OSError:
             continue
-        if header.creator_pid == os.getpid():
+        if header is not None and header.creator_pid == os.getpid():
             own.add(entry)
     return own
 
@@ -106,7 +105,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """On the controller, after every worker: nothing this run created may remain. Names
     whose creator is alive outside this run (another test session) are not ours."""
     from carmp.shared.proc import is_alive
-    from carmp.shared.segment import HEADER_SIZE, SegmentHeader
+    from carmp.shared.segment import peek_header
 
     before = getattr(session.config, "_carmp_shm_before", None)
     if before is None:
@@ -115,9 +114,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leftover = []
     for entry in sorted(carmp_shm_names() - before):
         try:
-            with open(f"/dev/shm/{entry}", "rb") as f:
-                header = SegmentHeader.parse(f.read(HEADER_SIZE))
-        except Exception:
+            header = peek_header(entry)
+        except OSError:
             header = None
         if (header is not None and header.creator_pid not in ours
                 and is_alive(header.creator_pid, header.creator_start)):

@@ -56,7 +56,7 @@ from carmp.errors import (
 from carmp.pool import dispatch as d
 from carmp.pool.worker import WorkerHandles, worker_main
 from carmp.shared.eventlog import EventLog
-from carmp.shared.proc import own_identity
+from carmp.shared.proc import own_identity, rss_bytes
 
 RESULT_BATCH = 256
 IDLE_WAIT = 0.25            # the collector's longest sleep when nothing is due
@@ -166,6 +166,7 @@ class Supervisor:
         self.idle = threading.Condition(self.lock)
         self.pending: collections.deque[Task] = collections.deque()
         self.unfinished: dict[int, Task] = {}
+        self.timed_tasks = 0  # unfinished tasks with a timeout: only then is there one to enforce
         self.task_ids = itertools.count(1)
         self.function_ids = itertools.count(1)
         self.functions: dict[int, tuple[Any, FunctionEntry]] = {}  # by id() of the function
@@ -291,6 +292,7 @@ class Supervisor:
                 self.entries[task.function_id] = entry
                 entry.users += 1
                 self.unfinished[task.task_id] = task
+                self.timed_tasks += task.timeout is not None
                 self.pending.append(task)
                 self.counts["submitted"] += 1
                 if self.task_events:
@@ -299,7 +301,8 @@ class Supervisor:
 
     def settle(self, task: Task) -> None:
         """Forget a task that reached its outcome (or was dropped)."""
-        self.unfinished.pop(task.task_id, None)
+        if self.unfinished.pop(task.task_id, None) is not None:
+            self.timed_tasks -= task.timeout is not None
         entry = self.entries.get(task.function_id)
         if entry is not None:
             entry.users -= 1
@@ -313,9 +316,10 @@ class Supervisor:
     def pump(self) -> None:
         """Deal pending tasks to workers with room, one each in turn (fewest queued first) so
         that a batch spreads evenly, then flush every outbox. Holds `lock`."""
-        with_room = [s for s in self.states if s.accepting and len(s.queued) < s.in_flight_limit]
-        with_room.sort(key=lambda s: len(s.queued))
         pending = self.pending
+        with_room = [s for s in self.states
+                     if s.accepting and len(s.queued) < s.in_flight_limit] if pending else []
+        with_room.sort(key=lambda s: len(s.queued))
         while pending and with_room:
             for state in with_room:
                 task = self.next_startable()
@@ -506,7 +510,7 @@ class Supervisor:
         """Kill workers past a task's timeout or the RSS limit; seconds until the next check."""
         now_ns = time.monotonic_ns()
         wait = IDLE_WAIT
-        for state in self.states:
+        for state in self.states if self.timed_tasks else ():  # most farms set no timeouts
             running, started = state.slot.running()
             if not running or state.exited or state.kill_reason is not None:
                 continue
@@ -521,7 +525,7 @@ class Supervisor:
         if self.max_rss_bytes is not None and time.monotonic() >= self.next_rss_check:
             self.next_rss_check = time.monotonic() + RSS_CHECK_INTERVAL
             for state in self.states:
-                if not state.exited and state.kill_reason is None and _rss(state.pid) > self.max_rss_bytes:
+                if not state.exited and state.kill_reason is None and rss_bytes(state.pid) > self.max_rss_bytes:
                     self.kill(state, ("rss", 0))
             wait = min(wait, RSS_CHECK_INTERVAL)
         return wait
@@ -718,9 +722,3 @@ class _Undecodable:
     error: BaseException
 
 
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0

@@ -24,7 +24,7 @@ import orjson
 from carmp import _native
 from carmp.errors import CarmpError, PayloadError
 from carmp.pool import dispatch as d
-from carmp.shared.proc import is_alive
+from carmp.shared.proc import is_alive, rss_bytes
 
 if TYPE_CHECKING:
     from carmp.shared.infra import SharedInfra
@@ -100,11 +100,6 @@ def json_exact(value: Any, depth: int = 0) -> bool:
     if kind is dict:
         return all(type(k) is str and json_exact(v, depth + 1) for k, v in value.items())
     return False
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class _Worker:

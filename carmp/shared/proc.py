@@ -41,3 +41,12 @@ def is_alive(pid: int, start_time: int) -> bool:
         return False
     current = process_start_time(pid)
     return current is not None and (start_time == 0 or current == start_time)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process in bytes; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0

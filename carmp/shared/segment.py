@@ -337,6 +337,18 @@ def list_segment_names() -> list[str]:
         return []
 
 
+def peek_header(name: str) -> SegmentHeader | None:
+    """The header of segment `name` read from /dev/shm without mapping it; None when it is
+    not a readable carmp header. FileNotFoundError when there is no such segment."""
+    with open(os.path.join(SHM_DIR, name.lstrip("/")), "rb") as f:
+        raw = f.read(HEADER_SIZE)
+    try:
+        header = SegmentHeader.parse(raw)
+    except SegmentCorrupt:
+        return None
+    return header if header.magic == MAGIC else None
+
+
 # A segment younger than this may still be getting its header written.
 SWEEP_CORRUPT_MIN_AGE = 10.0
 
@@ -347,20 +359,14 @@ def sweep(*, dry_run: bool = False, include_corrupt: bool = False) -> list[Swept
     are older than SWEEP_CORRUPT_MIN_AGE seconds."""
     removed = []
     for name in list_segment_names():
-        path = os.path.join(SHM_DIR, name[1:])
         try:
-            age = time.time() - os.stat(path).st_mtime
-            with open(path, "rb") as f:
-                raw = f.read(HEADER_SIZE)
+            age = time.time() - os.stat(os.path.join(SHM_DIR, name[1:])).st_mtime
+            header = peek_header(name)
         except FileNotFoundError:
             continue
         except OSError:
-            age, raw = 0.0, b""
-        try:
-            header: SegmentHeader | None = SegmentHeader.parse(raw)
-        except SegmentCorrupt:
-            header = None
-        if header is None or header.magic != MAGIC:
+            age, header = 0.0, None
+        if header is None:
             if not include_corrupt or age < SWEEP_CORRUPT_MIN_AGE:
                 continue
             record = SweptSegment(name, 0, "unreadable header")
