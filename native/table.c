@@ -931,7 +931,10 @@ carmp_status carmp_table_init(void *table, size_t size, const carmp_table_config
     header_t *h = table;
     header_t g;
     if (layout(config, &g) < 0 || g.total_size > size) return CARMP_EINVAL;
-    memset(table, 0, (size_t)g.total_size);
+    /* only the index must start zeroed: the undo area, arena and transition ring are read
+     * only where the header's counts and block tags say something was written (a fresh
+     * segment's pages then stay untouched until used) */
+    memset(table, 0, (size_t)g.undo_at);
     *h = g;
     h->magic = TABLE_MAGIC;
     h->layout = TABLE_LAYOUT;

@@ -25,10 +25,9 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 import multiprocess
-from multiprocess import forkserver, spawn
+from multiprocess import forkserver
 
 from carmp.errors import FarmShutdown
-from carmp.pool.forkserver_main import MAIN_PATH_ENV
 from carmp.shared.budget import BudgetLimits, CoordinationBudget
 from carmp.shared.eventlog import EventLog
 from carmp.shared.infra import SharedInfra
@@ -219,17 +218,11 @@ class Farm:
         sweep()  # segments of dead runs go before this run adds its own
         context = multiprocess.get_context(start_method)
         if start_method == "forkserver":
-            context.set_forkserver_preload(["carmp.pool.forkserver_main", "carmp.pool.worker"])
-            main_path = spawn.get_preparation_data("carmp").get("init_main_from_path")
-            if main_path:
-                os.environ[MAIN_PATH_ENV] = main_path
+            context.set_forkserver_preload(["carmp.pool.worker"])
             # boot the forkserver now: it imports carmp in its own process while this one
             # creates the segments, and the first worker starts as soon as both are done
-            try:
-                with sigint_ignored():  # the forkserver, and so every worker, start ignoring it
-                    forkserver.ensure_running()
-            finally:
-                os.environ.pop(MAIN_PATH_ENV, None)
+            with sigint_ignored():  # the forkserver, and so every worker, start ignoring it
+                forkserver.ensure_running()
         if spin is None:
             # an idle worker spins this long for its next task before it sleeps: back-to-back
             # tasks skip a cross-CPU wake-up (tens of us here), and idling costs at most this

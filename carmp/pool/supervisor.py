@@ -42,6 +42,7 @@ from typing import Any
 import cloudpickle
 import orjson
 from multiprocess import connection
+from multiprocess import spawn as mp_spawn
 
 from carmp import _native
 from carmp.errors import (
@@ -57,6 +58,25 @@ from carmp.pool import dispatch as d
 from carmp.pool.worker import WorkerHandles, worker_main
 from carmp.shared.eventlog import EventLog
 from carmp.shared.proc import own_identity, rss_bytes
+
+WORKER_NAME_PREFIX = "carmp-worker-"
+
+
+def _preparation_without_main(name: str) -> dict[str, Any]:
+    """multiprocess's data for a child it starts under forkserver or spawn, minus the
+    main module for carmp's workers. multiprocess re-imports the parent's main module in
+    each such child (the forkserver, and every worker, paid tens of ms or far more for a
+    script with heavy imports) so that pickles naming `__main__` objects resolve; carmp
+    sends callables by value with cloudpickle, so its workers never need it."""
+    data: dict[str, Any] = _parent_preparation_data(name)
+    if name.startswith(WORKER_NAME_PREFIX):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+_parent_preparation_data = mp_spawn.get_preparation_data
+mp_spawn.get_preparation_data = _preparation_without_main
 
 RESULT_BATCH = 256
 IDLE_WAIT = 0.25            # the collector's longest sleep when nothing is due

@@ -284,10 +284,11 @@ def test_shutdown_cancel_futures(start_method: str) -> None:
     assert any(isinstance(o, FarmShutdown) for o in outcomes)
 
 
-# R9: a task queue far deeper than any worker's lifetime, so the farm recycles hundreds
-# of workers while the queue is full. Every recycle starts a process (spawn the slowest),
-# so the queue length per start method keeps the suite within its time budget.
-RECYCLE_QUEUES = {"fork": (1000, 3000), "forkserver": (300, 900), "spawn": (60, 180)}
+# R9: a 10k-task queue far deeper than any worker's lifetime, so the farm recycles
+# thousands of workers while the queue is full (a few ms each under fork and forkserver).
+# A spawned worker boots a fresh interpreter (~50 ms), so spawn gets a shorter queue to
+# keep the suite within its time budget.
+RECYCLE_QUEUES = {"fork": (10_000, 10_000), "forkserver": (10_000, 10_000), "spawn": (100, 300)}
 
 
 @pytest.fixture
@@ -396,6 +397,8 @@ _SUPERVISOR = textwrap.dedent("""
     if __name__ == "__main__":
         farm = Farm(workers=2, start_method={method!r})
         farm.map(tasks.square, range(10))
+        while not all(s.ready for s in farm._supervisor.states):  # each worker past its start
+            time.sleep(0.01)
         print(" ".join(str(s.pid) for s in farm._supervisor.states), farm.run_id, flush=True)
         {action}
 """)
@@ -425,6 +428,37 @@ def test_supervisor_sigkill_leaves_no_worker_and_sweep_cleans_up(start_method: s
     assert left  # the dead supervisor could not clean up ...
     sweep()
     assert not [n for n in list_segment_names() if run_id in n]  # ... the sweep does
+
+
+_MAIN_WITH_SIDE_EFFECT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    if __name__ != "__main__":  # an import of this script anywhere but as the program
+        open({marker!r}, "a").write(__name__ + "\\n")
+    from carmp.pool.farm import Farm
+
+    def cube(x):  # defined in __main__: travels by value
+        return x ** 3
+
+    if __name__ == "__main__":
+        with Farm(workers=2, start_method={method!r}) as farm:
+            print(farm.map(cube, range(4)))
+""")
+
+
+def test_workers_never_import_the_main_module(start_method: str, tmp_path: Any) -> None:
+    """multiprocess re-imports the parent's main script in forkserver and spawn children;
+    carmp's callables travel by value, so its workers skip that import (and its cost)."""
+    marker = tmp_path / "imports.txt"
+    script = tmp_path / "main_script.py"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script.write_text(_MAIN_WITH_SIDE_EFFECT.format(root=root, marker=str(marker),
+                                                    method=start_method))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[0, 1, 8, 27]"
+    assert not marker.exists(), f"the main script was imported again: {marker.read_text()}"
 
 
 @pytest.mark.parametrize("presses", [1, 2], ids=["once: stop after a grace", "twice: kill"])
