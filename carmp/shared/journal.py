@@ -191,6 +191,14 @@ def read_journal(path: JournalPath, *, strict: bool = False) -> tuple[list[Event
     prev_hash: str | None = None
     lines = 0
 
+    def broken(number: int, seq: int) -> None:
+        if strict:
+            raise JournalCorrupt(
+                f"{path}:{number}: the hash chain breaks at seq {seq}: the line was "
+                "changed, or a line before it was removed or changed"
+            )
+        breaks.append(seq)
+
     def bad(number: int, reason: str) -> None:
         if strict:
             raise JournalCorrupt(
@@ -217,15 +225,15 @@ def read_journal(path: JournalPath, *, strict: bool = False) -> tuple[list[Event
                 bad(number, f"seq {event.seq} does not follow seq {last_seq}")
                 continue
             if event.hash is not None:
+                if prev_hash is None and event.prev_hash is not None and events:
+                    # chained to a line before it that carries no hash: that line lost it
+                    broken(number - 1, events[-1].seq)
                 linked = prev_hash is None or event.prev_hash == prev_hash
                 if not linked or chain_hash(event, event.prev_hash) != event.hash:
-                    if strict:
-                        raise JournalCorrupt(
-                            f"{path}:{number}: the hash chain breaks at seq {event.seq}: the "
-                            "line was changed, or a line before it was removed or changed"
-                        )
-                    breaks.append(event.seq)
+                    broken(number, event.seq)
                 prev_hash = event.hash
+            elif prev_hash is not None or event.prev_hash is not None:
+                broken(number, event.seq)  # a line of a chained journal without its hash
             events.append(event)
             last_seq = event.seq
     report = JournalReport(str(path), lines, len(events), tuple(skipped), tuple(breaks),
