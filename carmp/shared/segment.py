@@ -330,6 +330,14 @@ class SweptSegment:
     reason: str
 
 
+def store_bytes(region: _native.Region, offset: int, data: bytes) -> None:
+    """Write `data` at `offset` as whole 8-byte words (the last one zero-padded), each an
+    atomic store, so a reader that checks a length or CRC word first sees no torn word."""
+    padded = data.ljust((len(data) + 7) // 8 * 8, b"\0")
+    for i, (word,) in enumerate(struct.iter_unpack("<Q", padded)):
+        region.store(offset + 8 * i, word)
+
+
 def list_segment_names() -> list[str]:
     try:
         return sorted("/" + e for e in os.listdir(SHM_DIR) if e.startswith(NAME_PREFIX))

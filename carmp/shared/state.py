@@ -36,7 +36,6 @@ import contextlib
 import math
 import os
 import secrets
-import struct
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -54,8 +53,8 @@ from carmp.errors import (
     TransitionsDropped,
     ValueTooLarge,
 )
-from carmp.shared.lock import DEFAULT_TIMEOUT, RobustLock
-from carmp.shared.segment import HEADER_SIZE, Segment
+from carmp.shared.lock import RobustLock
+from carmp.shared.segment import HEADER_SIZE, Segment, store_bytes
 
 LAYOUT_VERSION = 1
 KIND = "state"
@@ -91,28 +90,32 @@ _UNDECODED: Any = object()
 
 class StateTransition:
     """One change: `old_value`/`new_value` are None when the key was or is absent;
-    `timestamp` is seconds since the epoch. Values read from the store decode from JSON
+    `timestamp` is seconds since the epoch; `version` is the key's version the change left
+    (what compare_and_set and expected_versions compare against). Values read from the store decode from JSON
     when first asked for, so writes that ignore their transition pay nothing for it."""
 
-    __slots__ = ("key", "action_id", "timestamp", "_old", "_new", "_old_json", "_new_json")
+    __slots__ = ("key", "action_id", "timestamp", "version", "_old", "_new", "_old_json",
+                 "_new_json")
     _old_json: bytes | None
     _new_json: bytes | None
 
     def __init__(self, key: str, old_value: Any, new_value: Any, action_id: str,
-                 timestamp: float) -> None:
+                 timestamp: float, version: int = 0) -> None:
         self.key = key
         self.action_id = action_id
         self.timestamp = timestamp
+        self.version = version
         self._old = old_value
         self._new = new_value
 
     @classmethod
     def _from_json(cls, key: str, old: bytes | None, new: bytes | None, action_id: str,
-                   timestamp_ns: int) -> StateTransition:
+                   timestamp_ns: int, version: int) -> StateTransition:
         transition = cls.__new__(cls)
         transition.key = key
         transition.action_id = action_id
         transition.timestamp = timestamp_ns / 1e9
+        transition.version = version
         transition._old = transition._new = _UNDECODED
         transition._old_json = old
         transition._new_json = new
@@ -353,8 +356,8 @@ class StateStore:
                     f"transitions_since({first}), or create the store with a larger "
                     "transition_log_bytes", first_retained=first)
             rows = self._table.transitions(index) if index < count else []
-        return [StateTransition._from_json(key, old, new, action, ts)
-                for _, ts, _, key, action, old, new in rows]
+        return [StateTransition._from_json(key, old, new, action, ts, version)
+                for _, ts, version, key, action, old, new in rows]
 
     def statistics(self) -> StateStatistics:
         keys, max_keys, used, capacity, first, count, dropped, _, commits, recoveries = \
@@ -382,7 +385,7 @@ class StateStore:
                 done = self._set_holding_lock(done is False, key, data, expires, action_id, now)
         except BufferError as exc:
             raise self._full(exc) from None
-        return StateTransition._from_json(key, done[0], data, action_id, now)
+        return StateTransition._from_json(key, done[0], data, action_id, now, done[2])
 
     def _set_holding_lock(self, taken_from_dead_owner: bool, key: str, data: bytes,
                           expires: int, action_id: str, now: int) -> tuple[bytes | None, int, int]:
@@ -547,10 +550,11 @@ class StateStore:
         except BufferError as exc:
             raise self._full(exc) from None
         transitions = []
-        for (key, data, expires), (old, _, _) in zip(ops, results):
+        for (key, data, expires), (old, _, version) in zip(ops, results):
             if old is None and data is None:
                 continue  # deleting an absent key changes nothing
-            transitions.append(StateTransition._from_json(key, old, data, action_id, now))
+            transitions.append(StateTransition._from_json(key, old, data, action_id, now,
+                                                          version))
         if self._journal is not None and transitions:
             self._journal.append(b"".join(
                 _set_record(key, data, expires, action_id, now) if data is not None
@@ -630,9 +634,7 @@ def _store_path(region: _native.Region, path: str) -> None:
     raw = path.encode()
     if len(raw) > MAX_JOURNAL_PATH:
         raise ValueError(f"journal path is {len(raw)} bytes; at most {MAX_JOURNAL_PATH}")
-    padded = raw.ljust((len(raw) + 7) // 8 * 8, b"\0")
-    for i, (word,) in enumerate(struct.iter_unpack("<Q", padded)):
-        region.store(JOURNAL_PATH + 8 * i, word)
+    store_bytes(region, JOURNAL_PATH, raw)
     region.store(JOURNAL_PATH_LENGTH, len(raw))
 
 

@@ -25,7 +25,6 @@ from carmp import (
     StateFull,
     StateJournalWarning,
     StateStore,
-    StateTransition,
     TransitionsDropped,
     ValueTooLarge,
 )
@@ -747,3 +746,15 @@ def test_a_read_that_finds_a_bucket_busy_reads_again_under_the_lock(make_store: 
 
     store._read = busy_once  # type: ignore[method-assign]
     assert store.get("k") == "old" and calls == ["k", "k"]
+
+
+def test_transitions_carry_the_version_they_left(make_store: Any) -> None:
+    """A writer learns the version its own write left (to undo exactly that write later)
+    from the transition, without a second read that another writer could race."""
+    store = make_store()
+    first = store.set("k", 1, "a1")
+    assert first.version == store.version("k") > 0
+    batch = store.apply({"k": 2, "j": 3}, "a2").transitions
+    assert [t.version for t in batch] == [store.version("k"), store.version("j")]
+    assert batch[0].version > first.version
+    assert [t.version for t in store.transitions()] == [first.version, *(t.version for t in batch)]
