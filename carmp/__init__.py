@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from carmp.errors import (
+        AdvisorExhausted as AdvisorExhausted,
+        AgentFailed as AgentFailed,
         AgentLimit as AgentLimit,
         BudgetError as BudgetError,
         BudgetExhausted as BudgetExhausted,
         CarmpError as CarmpError,
+        ConcurrencyAbort as ConcurrencyAbort,
         EventJournalWarning as EventJournalWarning,
         EventLogError as EventLogError,
         EventLogFull as EventLogFull,
@@ -24,9 +27,15 @@ if TYPE_CHECKING:
         EventsLost as EventsLost,
         FarmBroken as FarmBroken,
         FarmShutdown as FarmShutdown,
+        InvalidAgentJson as InvalidAgentJson,
         InvalidBudget as InvalidBudget,
         InvalidEvent as InvalidEvent,
         InvalidEventLog as InvalidEventLog,
+        InvalidMailbox as InvalidMailbox,
+        InvalidPattern as InvalidPattern,
+        InvalidPolicy as InvalidPolicy,
+        InvalidProposal as InvalidProposal,
+        InvalidTool as InvalidTool,
         JournalCorrupt as JournalCorrupt,
         JournalWriteFailed as JournalWriteFailed,
         KeyTooLarge as KeyTooLarge,
@@ -34,8 +43,22 @@ if TYPE_CHECKING:
         LeaseTableFull as LeaseTableFull,
         LockError as LockError,
         LockTimeout as LockTimeout,
+        MailboxClosed as MailboxClosed,
+        MailboxFull as MailboxFull,
+        MailboxSend as MailboxSend,
+        MailboxTableFull as MailboxTableFull,
+        MailboxTimeout as MailboxTimeout,
+        MaxRoundsExceeded as MaxRoundsExceeded,
         MergeConflict as MergeConflict,
+        MessageTooLarge as MessageTooLarge,
+        MultiError as MultiError,
+        NoOutput as NoOutput,
+        PatternFailed as PatternFailed,
         PayloadError as PayloadError,
+        PolicyError as PolicyError,
+        PolicyNotFound as PolicyNotFound,
+        PolicySetFull as PolicySetFull,
+        ProposalError as ProposalError,
         RemoteTaskError as RemoteTaskError,
         RemoteTraceback as RemoteTraceback,
         ReservationDenied as ReservationDenied,
@@ -48,8 +71,11 @@ if TYPE_CHECKING:
         StateError as StateError,
         StateFull as StateFull,
         StateJournalWarning as StateJournalWarning,
+        TaskCancelled as TaskCancelled,
         TaskTimeout as TaskTimeout,
+        TerminalToolError as TerminalToolError,
         TransitionsDropped as TransitionsDropped,
+        UnknownSpecialist as UnknownSpecialist,
         ValueTooLarge as ValueTooLarge,
         WorkerCrashed as WorkerCrashed,
         WouldBlock as WouldBlock,
@@ -69,6 +95,7 @@ if TYPE_CHECKING:
         BudgetStatistics as BudgetStatistics,
         CoordinationBudget as CoordinationBudget,
         Lease as Lease,
+        RunLatency as RunLatency,
         TokenAccounting as TokenAccounting,
     )
     from carmp.shared.event import (
@@ -81,6 +108,21 @@ if TYPE_CHECKING:
         EventLog as EventLog,
         EventLogStats as EventLogStats,
         EventReader as EventReader,
+    )
+    from carmp.runtime.actions import (
+        Action as Action,
+        ActionResult as ActionResult,
+        ActionStatus as ActionStatus,
+        ActionType as ActionType,
+        FailureBehavior as FailureBehavior,
+        Proposal as Proposal,
+        ProposalResult as ProposalResult,
+    )
+    from carmp.runtime.runtime import (
+        Runtime as Runtime,
+    )
+    from carmp.runtime.tools import (
+        ToolSpec as ToolSpec,
     )
     from carmp.runtime.context import (
         AgentContext as AgentContext,
@@ -102,19 +144,92 @@ if TYPE_CHECKING:
     from carmp.shared.journal import (
         JournalReport as JournalReport,
     )
-    from carmp.shared.infra import (
+    from carmp.runtime.infra import (
         SharedInfra as SharedInfra,
+    )
+    from carmp.shared.policy import (
+        PolicySet as PolicySet,
+        PolicyViolation as PolicyViolation,
+    )
+    from carmp.runtime.policy import (
+        PolicyEngine as PolicyEngine,
+    )
+    from carmp.shared.mailbox import (
+        Mailbox as Mailbox,
+        MailboxReceiver as MailboxReceiver,
+        MailboxStatistics as MailboxStatistics,
+        Message as Message,
+        MessageKind as MessageKind,
+    )
+    from carmp.agents.types import (
+        AgentOutcome as AgentOutcome,
+        AgentOutput as AgentOutput,
+        AgentSpec as AgentSpec,
+        Evidence as Evidence,
+        EvidenceKind as EvidenceKind,
+        OutcomeMetrics as OutcomeMetrics,
+        OutcomeStatus as OutcomeStatus,
+        budget_skipped_output as budget_skipped_output,
     )
     from carmp.shared.segment import (
         sweep as sweep,
     )
+    from carmp.agents.gate import (
+        ConcurrencyControl as ConcurrencyControl,
+    )
+    from carmp.agents.patterns.swarm import (
+        Pipeline as Pipeline,
+        PipelineResult as PipelineResult,
+        Swarm as Swarm,
+        SwarmMode as SwarmMode,
+        SwarmResult as SwarmResult,
+    )
+    from carmp.agents.patterns.supervisor import (
+        Supervisor as Supervisor,
+        SupervisorResult as SupervisorResult,
+    )
+    from carmp.agents.patterns.map_reduce import (
+        MapReduce as MapReduce,
+        MapReduceResult as MapReduceResult,
+    )
+    from carmp.agents.patterns.fleet import (
+        Fleet as Fleet,
+        FleetResult as FleetResult,
+    )
+    from carmp.agents.patterns.vote import (
+        Vote as Vote,
+        VoteResult as VoteResult,
+    )
+    from carmp.agents.patterns.tournament import (
+        Tournament as Tournament,
+        TournamentResult as TournamentResult,
+    )
+    from carmp.agents.patterns.delegator import (
+        Delegator as Delegator,
+        DelegatorResult as DelegatorResult,
+    )
+    from carmp.agents.patterns.spawn_subtask import (
+        SpawnSubtask as SpawnSubtask,
+        SpawnSubtaskResult as SpawnSubtaskResult,
+    )
+    from carmp.agents.patterns.adversarial_review import (
+        AdversarialReview as AdversarialReview,
+        AdversarialReviewResult as AdversarialReviewResult,
+    )
+    from carmp.agents.patterns.advisor import (
+        Advisor as Advisor,
+        AdvisorResult as AdvisorResult,
+    )
 
 # Where each public name lives.
 _EXPORTS: dict[str, str] = {
+    "AdvisorExhausted": "carmp.errors",
+    "AgentFailed": "carmp.errors",
     "AgentLimit": "carmp.errors",
     "BudgetError": "carmp.errors",
     "BudgetExhausted": "carmp.errors",
     "CarmpError": "carmp.errors",
+    "ConcurrencyAbort": "carmp.errors",
     "EventJournalWarning": "carmp.errors",
     "EventLogError": "carmp.errors",
     "EventLogFull": "carmp.errors",
@@ -122,9 +237,15 @@ _EXPORTS: dict[str, str] = {
     "EventsLost": "carmp.errors",
     "FarmBroken": "carmp.errors",
     "FarmShutdown": "carmp.errors",
+    "InvalidAgentJson": "carmp.errors",
     "InvalidBudget": "carmp.errors",
     "InvalidEvent": "carmp.errors",
     "InvalidEventLog": "carmp.errors",
+    "InvalidMailbox": "carmp.errors",
+    "InvalidPattern": "carmp.errors",
+    "InvalidPolicy": "carmp.errors",
+    "InvalidProposal": "carmp.errors",
+    "InvalidTool": "carmp.errors",
     "JournalCorrupt": "carmp.errors",
     "JournalWriteFailed": "carmp.errors",
     "KeyTooLarge": "carmp.errors",
@@ -132,8 +253,22 @@ _EXPORTS: dict[str, str] = {
     "LeaseTableFull": "carmp.errors",
     "LockError": "carmp.errors",
     "LockTimeout": "carmp.errors",
+    "MailboxClosed": "carmp.errors",
+    "MailboxFull": "carmp.errors",
+    "MailboxSend": "carmp.errors",
+    "MailboxTableFull": "carmp.errors",
+    "MailboxTimeout": "carmp.errors",
+    "MaxRoundsExceeded": "carmp.errors",
     "MergeConflict": "carmp.errors",
+    "MessageTooLarge": "carmp.errors",
+    "MultiError": "carmp.errors",
+    "NoOutput": "carmp.errors",
+    "PatternFailed": "carmp.errors",
     "PayloadError": "carmp.errors",
+    "PolicyError": "carmp.errors",
+    "PolicyNotFound": "carmp.errors",
+    "PolicySetFull": "carmp.errors",
+    "ProposalError": "carmp.errors",
     "RemoteTaskError": "carmp.errors",
     "RemoteTraceback": "carmp.errors",
     "ReservationDenied": "carmp.errors",
@@ -146,8 +281,11 @@ _EXPORTS: dict[str, str] = {
     "StateError": "carmp.errors",
     "StateFull": "carmp.errors",
     "StateJournalWarning": "carmp.errors",
+    "TaskCancelled": "carmp.errors",
     "TaskTimeout": "carmp.errors",
+    "TerminalToolError": "carmp.errors",
     "TransitionsDropped": "carmp.errors",
+    "UnknownSpecialist": "carmp.errors",
     "ValueTooLarge": "carmp.errors",
     "WorkerCrashed": "carmp.errors",
     "WouldBlock": "carmp.errors",
@@ -161,6 +299,7 @@ _EXPORTS: dict[str, str] = {
     "BudgetStatistics": "carmp.shared.budget",
     "CoordinationBudget": "carmp.shared.budget",
     "Lease": "carmp.shared.budget",
+    "RunLatency": "carmp.shared.budget",
     "TokenAccounting": "carmp.shared.budget",
     "Event": "carmp.shared.event",
     "EventKind": "carmp.shared.event",
@@ -169,6 +308,15 @@ _EXPORTS: dict[str, str] = {
     "EventLog": "carmp.shared.eventlog",
     "EventLogStats": "carmp.shared.eventlog",
     "EventReader": "carmp.shared.eventlog",
+    "Action": "carmp.runtime.actions",
+    "ActionResult": "carmp.runtime.actions",
+    "ActionStatus": "carmp.runtime.actions",
+    "ActionType": "carmp.runtime.actions",
+    "FailureBehavior": "carmp.runtime.actions",
+    "Proposal": "carmp.runtime.actions",
+    "ProposalResult": "carmp.runtime.actions",
+    "Runtime": "carmp.runtime.runtime",
+    "ToolSpec": "carmp.runtime.tools",
     "AgentContext": "carmp.runtime.context",
     "MergeReport": "carmp.runtime.context",
     "TaskScope": "carmp.runtime.context",
@@ -181,8 +329,48 @@ _EXPORTS: dict[str, str] = {
     "Transaction": "carmp.shared.state",
     "FarmStatistics": "carmp.pool.supervisor",
     "JournalReport": "carmp.shared.journal",
-    "SharedInfra": "carmp.shared.infra",
+    "SharedInfra": "carmp.runtime.infra",
+    "PolicySet": "carmp.shared.policy",
+    "PolicyViolation": "carmp.shared.policy",
+    "PolicyEngine": "carmp.runtime.policy",
+    "Mailbox": "carmp.shared.mailbox",
+    "MailboxReceiver": "carmp.shared.mailbox",
+    "MailboxStatistics": "carmp.shared.mailbox",
+    "Message": "carmp.shared.mailbox",
+    "MessageKind": "carmp.shared.mailbox",
+    "AgentOutcome": "carmp.agents.types",
+    "AgentOutput": "carmp.agents.types",
+    "AgentSpec": "carmp.agents.types",
+    "Evidence": "carmp.agents.types",
+    "EvidenceKind": "carmp.agents.types",
+    "OutcomeMetrics": "carmp.agents.types",
+    "OutcomeStatus": "carmp.agents.types",
+    "budget_skipped_output": "carmp.agents.types",
     "sweep": "carmp.shared.segment",
+    "ConcurrencyControl": "carmp.agents.gate",
+    "Pipeline": "carmp.agents.patterns.swarm",
+    "PipelineResult": "carmp.agents.patterns.swarm",
+    "Swarm": "carmp.agents.patterns.swarm",
+    "SwarmMode": "carmp.agents.patterns.swarm",
+    "SwarmResult": "carmp.agents.patterns.swarm",
+    "Supervisor": "carmp.agents.patterns.supervisor",
+    "SupervisorResult": "carmp.agents.patterns.supervisor",
+    "MapReduce": "carmp.agents.patterns.map_reduce",
+    "MapReduceResult": "carmp.agents.patterns.map_reduce",
+    "Fleet": "carmp.agents.patterns.fleet",
+    "FleetResult": "carmp.agents.patterns.fleet",
+    "Vote": "carmp.agents.patterns.vote",
+    "VoteResult": "carmp.agents.patterns.vote",
+    "Tournament": "carmp.agents.patterns.tournament",
+    "TournamentResult": "carmp.agents.patterns.tournament",
+    "Delegator": "carmp.agents.patterns.delegator",
+    "DelegatorResult": "carmp.agents.patterns.delegator",
+    "SpawnSubtask": "carmp.agents.patterns.spawn_subtask",
+    "SpawnSubtaskResult": "carmp.agents.patterns.spawn_subtask",
+    "AdversarialReview": "carmp.agents.patterns.adversarial_review",
+    "AdversarialReviewResult": "carmp.agents.patterns.adversarial_review",
+    "Advisor": "carmp.agents.patterns.advisor",
+    "AdvisorResult": "carmp.agents.patterns.advisor",
 }
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ what happened and what to do about it.
     │   └── LockTimeout ............ (TimeoutError)       timed acquire gave up
     ├── WorkerCrashed .............. (ChildProcessError)  a worker died holding the task
     ├── TaskTimeout ................ (TimeoutError)       a task outran its timeout
+    ├── TaskCancelled .............. (CancelledError)     TaskFuture.kill() stopped the task
     ├── PayloadError ............... (PicklingError)      a task's function/args/result/exception
     │                                                     could not be (un)pickled
     ├── RemoteTaskError ............ an exception that could not travel home as itself
@@ -35,8 +36,34 @@ what happened and what to do about it.
     │   ├── InvalidEventLog ........ (ValueError)         bad capacity, sizes or timeouts
     │   ├── JournalCorrupt ......... (ValueError)         strict load: bad, truncated or tampered line
     │   └── JournalWriteFailed ..... (OSError)            the journal drainer could not write
+    ├── PolicyError
+    │   ├── InvalidPolicy .......... (ValueError)         a bad rule: empty name, bad regex, limit < 0
+    │   ├── PolicySetFull .......... (MemoryError)        no room for the rules' JSON or a call counter
+    │   └── PolicyNotFound ......... (LookupError)        calls() named no max_calls rule or tool
+    ├── ProposalError
+    │   ├── InvalidProposal ........ (ValueError)         a malformed proposal (.problems); nothing ran
+    │   ├── InvalidTool ............ (ValueError)         register_tool: bad name, function or schema
+    │   └── TerminalToolError ...... raised by a tool: never retried, aborts the proposal
+    ├── InvalidAgentJson ........... (ValueError)         an agent type's JSON or fields are malformed
+    ├── InvalidMailbox ............. (ValueError)         bad mailbox options, agent name or message
+    ├── InvalidPattern ............. (ValueError)         a pattern's configuration is malformed
+    ├── PatternFailed .............. (RuntimeError)       a JSON entry point's pattern failed: "swarm error: ..."
+    ├── MultiError ................. a coordination pattern or its mailbox failed (CAR's MultiError)
+    │   ├── AgentFailed ............ "agent {name} failed: {msg}"
+    │   ├── AdvisorExhausted ....... "advisor exhausted: used {used} of {max_uses}"
+    │   ├── MailboxSend ............ "mailbox send error: {msg}": no such agent, or it left
+    │   │   ├── MailboxFull ........ (TimeoutError)       the agent's queue stayed full past the timeout
+    │   │   └── MessageTooLarge .... (ValueError)         over max_message_bytes; nothing was sent
+    │   ├── MailboxTimeout ......... (TimeoutError)       "mailbox recv timeout for agent {agent}"
+    │   ├── MailboxClosed .......... (EOFError)           the receiver's agent was unregistered or replaced
+    │   ├── MailboxTableFull ....... (MemoryError)        register(): every agent slot is taken
+    │   ├── UnknownSpecialist ...... (LookupError)        "unknown specialist: {name}"
+    │   ├── NoOutput ............... "no agents produced output"
+    │   ├── MaxRoundsExceeded ...... "max rounds exceeded: {n}"
+    │   ├── ConcurrencyAbort ....... "concurrency abort: {reason}"
+    │   └── BudgetExhausted ........ the BudgetError below, also a MultiError
     └── BudgetError
-        ├── BudgetExhausted ........ (BudgetError.Exhausted)  a spend limit was crossed
+        ├── BudgetExhausted ........ (BudgetError.Exhausted, MultiError)  a spend limit was crossed
         ├── AgentLimit ............. (BudgetError.AgentLimit) max_agents reached
         ├── ReservationDenied ...... reserve() would overshoot a limit
         ├── LeaseNotHeld ........... (LookupError)        commit/release of a lease not held
@@ -51,6 +78,7 @@ from __future__ import annotations
 
 import pickle
 import signal
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -169,6 +197,11 @@ class TaskTimeout(CarmpError, TimeoutError):
     """A task ran past its timeout; its worker was killed and replaced."""
 
 
+class TaskCancelled(CarmpError, CancelledError):
+    """TaskFuture.kill() stopped the task: it never started, or its worker was killed
+    and replaced. The message says why it was stopped."""
+
+
 class PayloadError(CarmpError, pickle.PicklingError):
     """A task's function, arguments, result or exception could not be (un)pickled."""
 
@@ -205,6 +238,137 @@ class FarmBroken(CarmpError, RuntimeError):
     """The farm cannot run tasks (its worker initializer failed); create a new Farm."""
 
 
+# ---- agents and their coordination ---------------------------------------------------
+
+
+class InvalidAgentJson(CarmpError, ValueError):
+    """An agent type (AgentSpec, AgentOutput, AgentOutcome, Message, ...) got JSON or field
+    values it cannot hold: a missing required field, or a field of the wrong type. The
+    message names the type and the field."""
+
+
+class InvalidMailbox(CarmpError, ValueError):
+    """Mailbox options out of range, an agent name it cannot hold, or a send of something
+    that is not a Message; nothing changed."""
+
+
+class InvalidPattern(CarmpError, ValueError):
+    """A coordination pattern was built with a configuration it cannot run (no agents, an
+    unknown mode, a bad round or concurrency limit, a dependency on an unknown agent);
+    nothing ran. The message names the setting."""
+
+
+class PatternFailed(CarmpError, RuntimeError):
+    """A pattern run by a JSON entry point (carmp.agents.jsonapi) failed. The message is
+    CAR's binding text, "<pattern> error: " then the pattern's MultiError, which is the
+    __cause__ (catch that for the details)."""
+
+
+class MultiError(CarmpError):
+    """A coordination pattern or its mailbox failed (CAR's MultiError). Each variant's
+    message starts with CAR's display text."""
+
+
+class AgentFailed(MultiError):
+    """An agent failed and the pattern cannot go on without it. The message is CAR's
+    with the agent's own reason, which says what went wrong."""
+
+    def __init__(self, name: str, msg: str) -> None:
+        super().__init__(f"agent {name} failed: {msg}")
+        self.name = name
+        self.msg = msg
+
+
+class AdvisorExhausted(MultiError):
+    """The advisor was consulted as often as it may be."""
+
+    def __init__(self, used: int, max_uses: int) -> None:
+        super().__init__(f"advisor exhausted: used {used} of {max_uses}; raise max_uses, or "
+                         "go on without consulting the advisor")
+        self.used = used
+        self.max_uses = max_uses
+
+
+class MailboxSend(MultiError):
+    """A message could not be delivered: no agent of that name is registered (or it was
+    unregistered). `agent` names the recipient when there is one."""
+
+    def __init__(self, msg: str, agent: str | None = None) -> None:
+        super().__init__(f"mailbox send error: {msg}")
+        self.msg = msg
+        self.agent = agent
+
+
+class MailboxFull(MailboxSend, TimeoutError):
+    """Backpressure: the recipient's queue stayed full until the send's timeout; the
+    message was not sent."""
+
+
+class MessageTooLarge(MailboxSend, ValueError):
+    """A message's JSON is longer than the mailbox's max_message_bytes; nothing was sent."""
+
+
+class MailboxTimeout(MultiError, TimeoutError):
+    """recv() reached its deadline with no message for the agent."""
+
+    def __init__(self, agent: str, timeout: float | None = None) -> None:
+        waited = "" if timeout is None else f": nothing arrived within {timeout} s"
+        super().__init__(f"mailbox recv timeout for agent {agent}{waited}; wait longer, or "
+                         "check that its senders are running")
+        self.agent = agent
+        self.timeout = timeout
+
+
+class MailboxClosed(MultiError, EOFError):
+    """The receiver's agent was unregistered, or registered again (which hands its queue to
+    the new receiver): this receiver gets no more messages."""
+
+    def __init__(self, agent: str) -> None:
+        super().__init__(f"mailbox of agent {agent} is closed to this receiver: the agent was "
+                         "unregistered or registered again; receive with the receiver the "
+                         "latest register() returned")
+        self.agent = agent
+
+
+class MailboxTableFull(MultiError, MemoryError):
+    """register() found every agent slot of the mailbox taken."""
+
+
+class UnknownSpecialist(MultiError, LookupError):
+    """A delegation named a specialist the delegator does not have."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown specialist: {name}; delegate to one of the specialists "
+                         "the delegator was built with")
+        self.name = name
+
+
+class NoOutput(MultiError):
+    """No agent of the pattern produced an output to work with."""
+
+    def __init__(self) -> None:
+        super().__init__("no agents produced output; every agent failed or was skipped: see "
+                         "their errors, and the budget")
+
+
+class MaxRoundsExceeded(MultiError):
+    """An iterative pattern used all its rounds without reaching its goal."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(f"max rounds exceeded: {n}; raise max_rounds, or use the last "
+                         "round's answer")
+        self.n = n
+
+
+class ConcurrencyAbort(MultiError):
+    """The merge barrier's concurrency-anomaly gate aborted the merge."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"concurrency abort: {reason}; nothing was merged: run the agents "
+                         "again on fresh state, or declare the dependency between them")
+        self.reason = reason
+
+
 # ---- budget -------------------------------------------------------------------
 
 
@@ -216,8 +380,9 @@ class BudgetError(CarmpError):
     AgentLimit: ClassVar[type[AgentLimit]]
 
 
-class BudgetExhausted(BudgetError):
-    """A token or cost limit was already crossed before this agent could start."""
+class BudgetExhausted(BudgetError, MultiError):
+    """A token or cost limit was already crossed before this agent could start. Also CAR's
+    MultiError::BudgetExhausted, so `except MultiError` catches it."""
 
     def __init__(self, reason: str, snapshot: BudgetSnapshot) -> None:
         super().__init__(
@@ -266,6 +431,58 @@ class LeaseTableFull(BudgetError):
 
 class InvalidBudget(BudgetError, ValueError):
     """Budget limits or budget JSON are malformed."""
+
+
+# ---- policies ---------------------------------------------------------------------
+
+
+class PolicyError(CarmpError):
+    """The shared policy set refused a change or a question; it changed nothing."""
+
+
+class InvalidPolicy(PolicyError, ValueError):
+    """A rule is malformed: an empty name or tool, a bad regex, a limit out of range."""
+
+
+class PolicySetFull(PolicyError, MemoryError):
+    """The rules would outgrow the set's capacity_bytes, or every call counter is taken."""
+
+
+class PolicyNotFound(PolicyError, LookupError):
+    """calls() named neither a max_calls rule nor a tool that one counts."""
+
+
+# ---- proposals and tools -----------------------------------------------------------
+
+
+class ProposalError(CarmpError):
+    """The runtime refused a proposal or a tool, or a tool refused to go on."""
+
+
+class InvalidProposal(ProposalError, ValueError):
+    """A proposal is malformed: a bad field, a duplicate id, an unknown dependency, a
+    cycle, a reference to a result it cannot have, an unknown tool or parameters its
+    schema refuses. Nothing of it ran. `problems` holds (action id or None, reason)."""
+
+    def __init__(self, proposal_id: str | None,
+                 problems: tuple[tuple[str | None, str], ...]) -> None:
+        where = "the proposal" if proposal_id is None else f"proposal {proposal_id!r}"
+        listed = "; ".join(reason if action_id is None else f"action {action_id!r}: {reason}"
+                           for action_id, reason in problems)
+        super().__init__(f"{where} was rejected and nothing of it ran: {listed}. Fix these "
+                         "and propose it again")
+        self.proposal_id = proposal_id
+        self.problems = problems
+
+
+class InvalidTool(ProposalError, ValueError):
+    """register_tool() got an empty name, something not callable, or a schema that is not
+    a valid JSON Schema; nothing was registered."""
+
+
+class TerminalToolError(ProposalError):
+    """Raised by a tool for a failure no retry can fix: the action is not retried and
+    its proposal aborts (its state writes are rolled back), whatever failure_behavior says."""
 
 
 # ---- state store ------------------------------------------------------------------
@@ -372,10 +589,13 @@ class EventJournalWarning(UserWarning):
 
 
 __all__ = [
+    "AdvisorExhausted",
+    "AgentFailed",
     "AgentLimit",
     "BudgetError",
     "BudgetExhausted",
     "CarmpError",
+    "ConcurrencyAbort",
     "EventJournalWarning",
     "EventLogError",
     "EventLogFull",
@@ -383,9 +603,15 @@ __all__ = [
     "EventsLost",
     "FarmBroken",
     "FarmShutdown",
+    "InvalidAgentJson",
     "InvalidBudget",
     "InvalidEvent",
     "InvalidEventLog",
+    "InvalidMailbox",
+    "InvalidPattern",
+    "InvalidPolicy",
+    "InvalidProposal",
+    "InvalidTool",
     "JournalCorrupt",
     "JournalWriteFailed",
     "KeyTooLarge",
@@ -393,8 +619,22 @@ __all__ = [
     "LeaseTableFull",
     "LockError",
     "LockTimeout",
+    "MailboxClosed",
+    "MailboxFull",
+    "MailboxSend",
+    "MailboxTableFull",
+    "MailboxTimeout",
+    "MaxRoundsExceeded",
     "MergeConflict",
+    "MessageTooLarge",
+    "MultiError",
+    "NoOutput",
+    "PatternFailed",
     "PayloadError",
+    "PolicyError",
+    "PolicyNotFound",
+    "PolicySetFull",
+    "ProposalError",
     "RemoteTaskError",
     "RemoteTraceback",
     "ReservationDenied",
@@ -407,8 +647,11 @@ __all__ = [
     "StateError",
     "StateFull",
     "StateJournalWarning",
+    "TaskCancelled",
     "TaskTimeout",
+    "TerminalToolError",
     "TransitionsDropped",
+    "UnknownSpecialist",
     "ValueTooLarge",
     "WorkerCrashed",
     "WouldBlock",

@@ -57,8 +57,11 @@ def _helper_pids() -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-def watchdog() -> Iterator[None]:
-    faulthandler.dump_traceback_later(TIMEOUT, exit=True)
+def watchdog(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`@pytest.mark.watchdog(seconds)` gives a long test (thousands of process starts)
+    more time on a loaded machine; it still ends in stacks rather than a hang."""
+    marker = request.node.get_closest_marker("watchdog")
+    faulthandler.dump_traceback_later(marker.args[0] if marker else TIMEOUT, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
 

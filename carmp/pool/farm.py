@@ -7,7 +7,8 @@
 Functions travel by value (cloudpickle) under every start method and are pickled
 once per function object; arguments are pickled in the caller, so a bad argument
 fails that call at once. Per-task `retries` re-run a task whose worker crashed;
-per-task `timeout` (seconds from the task's start) kills only that worker.
+per-task `timeout` (seconds from the task's start) kills only that worker, and so does
+`future.kill()` for a task that is running.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from multiprocess import forkserver
 from carmp.errors import FarmShutdown
 from carmp.shared.budget import BudgetLimits, CoordinationBudget
 from carmp.shared.eventlog import EventLog
-from carmp.shared.infra import SharedInfra
+from carmp.runtime.infra import SharedInfra
 from carmp.shared.state import StateStore
 from carmp.pool.supervisor import (
     STOP_GRACE,
@@ -55,6 +56,17 @@ class TaskFuture(Future[Any]):
     A thread waiting on it collects results itself when no other thread is doing so."""
 
     _supervisor: Supervisor | None = None
+    _task_id = 0
+
+    def kill(self, reason: str = "killed by its caller") -> bool:
+        """Stop the task whether it waits or runs: one not started never starts; a running
+        one has its worker killed and replaced. Either way the future fails with
+        TaskCancelled naming `reason`. False when the task had already finished (a task
+        that finishes while its worker is being killed keeps its result)."""
+        supervisor = self._supervisor
+        if supervisor is None or self.done():
+            return False
+        return supervisor.cancel_task(self._task_id, reason)
 
     def _help(self, timeout: float | None) -> float | None:
         """Collect until done or `timeout`; returns the time left of the timeout."""
@@ -247,7 +259,7 @@ class Farm:
                 workers=workers, context=context, run_id=self.run_id, initializer=initializer,
                 initargs=initargs, max_tasks_per_worker=max_tasks_per_worker,
                 max_rss_mb=max_rss_mb, spin=spin, log=self.infra.log,
-                infra_names=(self.infra.state.name, self.infra.log.name, self.infra.budget.name),
+                infra_names=self.infra.segment_names(),
                 task_events=task_events,
             )
         except BaseException:
@@ -278,6 +290,7 @@ class Farm:
         if callback is not None or error_callback is not None:
             future.add_done_callback(functools.partial(_run_callbacks, callback, error_callback))
         task = supervisor.make_task(entry, payload, _FutureSink(future), 0, retries, timeout)
+        future._task_id = task.task_id
         supervisor.submit_tasks([task], entry)
         return future
 

@@ -20,6 +20,9 @@ and replaces workers that die, time out, or retire.
   futures, pumps, enforces per-task timeouts and the RSS limit, and handles deaths:
   the task a dead worker was running fails with WorkerCrashed (or TaskTimeout) unless
   it has retries left; tasks queued behind it never started and go back to pending.
+  TaskFuture.kill() fails a task with TaskCancelled: a running one once its worker is
+  killed; one still pending or queued at a worker at once, and that worker is killed
+  should it start the task before the collector has told it otherwise.
 - The monitor thread blocks on the workers' process sentinels and wakes the collector
   the moment one exits.
 - Everything that changes task or worker bookkeeping holds `lock`.
@@ -51,6 +54,7 @@ from carmp.errors import (
     FarmShutdown,
     PayloadError,
     RemoteTaskError,
+    TaskCancelled,
     TaskTimeout,
     WorkerCrashed,
 )
@@ -89,6 +93,8 @@ HELPER_SPIN = 50e-6         # a caller waiting for its result spins this long be
 HANDOFF_GRACE = 0.002      # the collector thread stays parked this long after a caller helped
 QUEUED_WORK_TARGET = 0.002  # seconds of queued work per worker the pump aims for
 FUNCTIONS_PER_WORKER = 512  # function definitions a worker keeps before it is told to forget
+DOOMED_POLL = 0.005         # how often the collector looks for a doomed task to start running
+KILL_REASONS = {"timeout": "task timeout", "rss": "max_rss_mb exceeded", "cancel": "task cancelled"}
 
 
 class Sink:
@@ -136,7 +142,7 @@ class WorkerState:
         self.functions: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.reassembler = d.Reassembler()
         self.accepting = False
-        self.kill_reason: tuple[str, int] | None = None  # ("timeout", task id) / ("rss", 0)
+        self.kill_reason: tuple[str, int] | None = None  # (KILL_REASONS key, task id or 0)
         self.ready = False  # the process ran its initializer and said READY
         self.exit_handled = False
         self.in_flight_limit = MIN_IN_FLIGHT * 2
@@ -167,7 +173,7 @@ class Supervisor:
     def __init__(self, *, workers: int, context: Any, run_id: str,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
                  max_tasks_per_worker: int | None, max_rss_mb: float | None,
-                 spin: float, log: EventLog, infra_names: tuple[str, str, str],
+                 spin: float, log: EventLog, infra_names: tuple[str, str, str, str],
                  task_events: bool) -> None:
         self.context = context
         self.run_id = run_id
@@ -187,6 +193,7 @@ class Supervisor:
         self.pending: collections.deque[Task] = collections.deque()
         self.unfinished: dict[int, Task] = {}
         self.timed_tasks = 0  # unfinished tasks with a timeout: only then is there one to enforce
+        self.doomed: dict[int, str] = {}  # task id -> why kill() stopped it (its worker must not run it)
         self.task_ids = itertools.count(1)
         self.function_ids = itertools.count(1)
         self.functions: dict[int, tuple[Any, FunctionEntry]] = {}  # by id() of the function
@@ -227,7 +234,7 @@ class Supervisor:
             infra_names=self.infra_names, task_events=self.task_events,
         )
         process = self.context.Process(target=worker_main, args=(handles,), daemon=True,
-                                       name=f"carmp-worker-{state.slot.index}")
+                                       name=f"{WORKER_NAME_PREFIX}{state.slot.index}")
         with sigint_ignored():
             process.start()
         writer.close()
@@ -508,6 +515,7 @@ class Supervisor:
 
     def finish(self, state: WorkerState, task_id: int) -> Task | None:
         """Take a finished task off its worker's queue; None if it was already settled."""
+        self.doomed.pop(task_id, None)
         task = self.unfinished.get(task_id)
         if task is not None:
             self.settle(task)
@@ -530,6 +538,9 @@ class Supervisor:
         """Kill workers past a task's timeout or the RSS limit; seconds until the next check."""
         now_ns = time.monotonic_ns()
         wait = IDLE_WAIT
+        if self.doomed:
+            self.kill_doomed()
+            wait = DOOMED_POLL
         for state in self.states if self.timed_tasks else ():  # most farms set no timeouts
             running, started = state.slot.running()
             if not running or state.exited or state.kill_reason is not None:
@@ -549,6 +560,39 @@ class Supervisor:
                     self.kill(state, ("rss", 0))
             wait = min(wait, RSS_CHECK_INTERVAL)
         return wait
+
+    def cancel_task(self, task_id: int, reason: str) -> bool:
+        """TaskFuture.kill(): False if the task already finished."""
+        with self.lock:
+            task = self.unfinished.get(task_id)
+            if task is None:
+                return False
+            if task in self.pending:
+                self.pending.remove(task)
+                self.fail_cancelled(task, 0, reason)
+                return True
+            self.doomed[task_id] = reason
+            runner = next((s for s in self.states
+                           if s.slot.running()[0] == task_id and not s.exited), None)
+            if runner is None:  # queued at a worker: fails now; the collector watches it
+                self.fail_cancelled(task, 0, reason)
+            elif runner.kill_reason is None:
+                self.kill(runner, ("cancel", task_id))
+        self.result_channels[0].ring()
+        return True
+
+    def kill_doomed(self) -> None:
+        """Kill each worker that started a task kill() stopped."""
+        for state in self.states:
+            running, _ = state.slot.running()
+            if running in self.doomed and not state.exited and state.kill_reason is None:
+                self.kill(state, ("cancel", running))
+
+    def fail_cancelled(self, task: Task, pid: int, reason: str) -> None:
+        self.settle(task)
+        where = f"; its worker (pid {pid}) was killed and replaced" if pid else " before it started"
+        self.fail_task(task, TaskCancelled(f"task {task.task_id} was cancelled{where}: {reason}"),
+                       pid)
 
     def kill(self, state: WorkerState, reason: tuple[str, int]) -> None:
         state.kill_reason = reason
@@ -586,6 +630,8 @@ class Supervisor:
                 self.fail_task(task, TaskTimeout(
                     f"task {task.task_id} ran longer than its timeout of {task.timeout} s; its "
                     f"worker (pid {state.pid}) was killed and replaced"), state.pid)
+            elif state.kill_reason == ("cancel", task.task_id):
+                self.fail_cancelled(task, state.pid, self.doomed[task.task_id])
             elif task.retries > 0:
                 task.retries -= 1
                 unstarted.append(task)
@@ -595,13 +641,13 @@ class Supervisor:
                 self.fail_task(task, WorkerCrashed.from_exit(state.pid, exitcode, task.task_id,
                                                              detail), state.pid)
         self.pending.extendleft(reversed(unstarted))
+        for task in queued:  # none of them can run in this worker any more
+            self.doomed.pop(task.task_id, None)
         retired = exitcode == 0 and not crashed
         kind = "worker_exited" if retired else "worker_crashed"
         if not retired:
             self.counts["crashed"] += 1
-        reason = None
-        if state.kill_reason is not None:
-            reason = "task timeout" if state.kill_reason[0] == "timeout" else "max_rss_mb exceeded"
+        reason = None if state.kill_reason is None else KILL_REASONS[state.kill_reason[0]]
         self.emit(kind, slot=state.slot.index, pid=state.pid, exitcode=exitcode,
                   task_id=running or None, reason=reason)
         if state.pipe is not None:

@@ -27,7 +27,7 @@ from carmp.pool import dispatch as d
 from carmp.shared.proc import is_alive, rss_bytes
 
 if TYPE_CHECKING:
-    from carmp.shared.infra import SharedInfra
+    from carmp.runtime.infra import SharedInfra
 
 EXIT_INIT_FAILED = 3
 RECV_BATCH = 64
@@ -49,7 +49,7 @@ class WorkerHandles:
     max_rss_bytes: int | None
     spin: float
     under_fork: bool
-    infra_names: tuple[str, str, str]  # the farm's state, event log and budget segments
+    infra_names: tuple[str, str, str, str]  # SharedInfra.segment_names() of the farm's world
     task_events: bool  # record task_started events
 
 
@@ -63,7 +63,7 @@ class WorkerInfo:
 
 
 _current: WorkerInfo | None = None
-_infra_names: tuple[str, str, str] | None = None
+_infra_names: tuple[str, str, str, str] | None = None
 _infra: SharedInfra | None = None
 
 
@@ -73,12 +73,12 @@ def current_worker() -> WorkerInfo | None:
 
 
 def current_infra() -> SharedInfra | None:
-    """The farm's shared world (state, event log, budget) as seen from this worker,
+    """The farm's shared world (state, event log, budget, policies) as seen from this worker,
     attached on first use; None outside a farm's worker."""
     global _infra
     if _infra is None and _infra_names is not None:
         # imported here: most tasks never touch the world, and workers start faster
-        from carmp.shared.infra import SharedInfra
+        from carmp.runtime.infra import SharedInfra
 
         _infra = SharedInfra.attach(*_infra_names)
     return _infra

@@ -33,6 +33,9 @@ MergePolicy = Literal["last_writer_wins", "reject"]
 POLICIES: tuple[MergePolicy, ...] = ("last_writer_wins", "reject")
 T = TypeVar("T")
 
+NO_ENTRY: Any = object()
+"""entry() of a key the overlay never wrote or deleted."""
+
 _current: contextvars.ContextVar[AgentContext | None] = contextvars.ContextVar(
     "carmp_agent_context", default=None)
 
@@ -50,6 +53,28 @@ class MergeReport:
     transitions: list[StateTransition]
 
 
+@dataclass(frozen=True, slots=True)
+class OverlayDelta:
+    """An overlay in transit: `changes` maps each key to its JSON text (None: deleted),
+    `seen` to the parent version it was first read or written at; `reads` lists the keys
+    read from the parent (a changed key among them was read, then modified: the
+    concurrency gate tells such a read-modify-write from a blind write)."""
+
+    agent_name: str
+    changes: dict[str, str | None]
+    seen: dict[str, int]
+    reads: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agent_name": self.agent_name, "changes": self.changes, "seen": self.seen,
+                "reads": list(self.reads)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OverlayDelta:
+        return cls(data["agent_name"], dict(data["changes"]), dict(data["seen"]),
+                   tuple(data.get("reads", ())))
+
+
 class AgentContext:
     """An agent's overlay: `get` falls through to the parent, `set`/`delete` stay here
     until `merge_to_parent()`."""
@@ -63,6 +88,7 @@ class AgentContext:
         self._parent = parent_state
         self._local: dict[str, bytes | None] = {}  # JSON bytes; None: deleted here
         self._seen: dict[str, int] = {}             # parent version at first read or write
+        self._reads: set[str] = set()               # keys read from the parent
 
     @property
     def parent_state(self) -> StateStore:
@@ -80,6 +106,7 @@ class AgentContext:
             return default if data is None else orjson.loads(data)
         value, version = self._parent.get_with_version(key)
         self._seen.setdefault(key, version)
+        self._reads.add(key)
         return default if version == 0 else value
 
     def exists(self, key: str) -> bool:
@@ -87,6 +114,7 @@ class AgentContext:
             return self._local[key] is not None
         version = self._parent.version(key)
         self._seen.setdefault(key, version)
+        self._reads.add(key)
         return version != 0
 
     def keys(self) -> list[str]:
@@ -120,10 +148,45 @@ class AgentContext:
         if key not in self._seen:
             self._seen[key] = self._parent.version(key)
 
+    def entry(self, key: str) -> object:
+        """The overlay's own entry for `key`: its JSON bytes, None when deleted here, or
+        NO_ENTRY when the overlay never touched it (reads fall through)."""
+        entry: object = self._local.get(key, NO_ENTRY)
+        return entry
+
+    def put_entry(self, key: str, entry: object) -> None:
+        """Put back an entry that entry() returned (NO_ENTRY drops the key's entry): how
+        a proposal's rollback undoes its writes to an overlay."""
+        if entry is NO_ENTRY:
+            self._local.pop(key, None)
+        else:
+            assert entry is None or isinstance(entry, bytes)
+            self._local[key] = entry
+
+    def delta(self) -> OverlayDelta:
+        """The pending changes and the parent versions they rest on, as plain data: what
+        an agent in a worker process sends home for its pattern to merge."""
+        return OverlayDelta(self.agent_name,
+                            {key: None if data is None else data.decode()
+                             for key, data in self._local.items()},
+                            dict(self._seen), tuple(sorted(self._reads)))
+
+    @classmethod
+    def from_delta(cls, parent_state: StateStore, delta: OverlayDelta, *,
+                   policy: MergePolicy = "last_writer_wins") -> AgentContext:
+        """An overlay over `parent_state` holding `delta`, ready to merge_to_parent()."""
+        context = cls(delta.agent_name, parent_state, policy=policy)
+        context._local = {key: None if text is None else text.encode()
+                          for key, text in delta.changes.items()}
+        context._seen = dict(delta.seen)
+        context._reads = set(delta.reads)
+        return context
+
     def discard(self) -> None:
         """Drop every local change (an agent that failed)."""
         self._local.clear()
         self._seen.clear()
+        self._reads.clear()
 
     # ---- merge ------------------------------------------------------------------------------
 

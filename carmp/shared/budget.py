@@ -46,7 +46,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -98,7 +98,8 @@ _SLOT_ID, _SLOT_PID, _SLOT_START, _SLOT_ESTIMATE, _SLOT_GRANTED_AT = 0, 8, 16, 2
 
 
 def usd_to_micros(cost_usd: float) -> int:
-    if not math.isfinite(cost_usd) or cost_usd < 0:
+    if (isinstance(cost_usd, bool) or not isinstance(cost_usd, (int, float))
+            or not math.isfinite(cost_usd) or cost_usd < 0):
         raise InvalidBudget(f"cost must be a finite number >= 0 USD, got {cost_usd!r}")
     return round(cost_usd * MICROS_PER_USD)
 
@@ -109,27 +110,111 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
+def _load_json(text: str | bytes, what: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBudget(f"invalid {what} JSON: {exc}") from None
+
+
+def wire_fields(data: Any, what: str, required: tuple[str, ...],
+                 optional: tuple[str, ...]) -> dict[str, Any]:
+    """The fields `what` knows from its JSON object, as CAR's serde reads them: unknown keys
+    are ignored and null counts as absent; a missing required field is an InvalidBudget."""
+    if not isinstance(data, Mapping):
+        raise InvalidBudget(f"invalid {what} JSON: expected an object, got {type(data).__name__}")
+    missing = [name for name in required if data.get(name) is None]
+    if missing:
+        raise InvalidBudget(f"invalid {what} JSON: the required field {missing[0]!r} is missing")
+    return {name: data[name] for name in (*required, *optional) if data.get(name) is not None}
+
+
 # ---- value types ------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
+class RunLatency:
+    """How long an agent's model generation took (CAR 0.55), for runners that measure it:
+    `ttft_ms` (time to first token) is None when unknown."""
+
+    generation_ms: float
+    ttft_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        ms = self.generation_ms
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) \
+                or ms < 0:
+            raise InvalidBudget(f"generation_ms must be a finite number >= 0, got {ms!r}")
+        object.__setattr__(self, "generation_ms", float(ms))
+        if self.ttft_ms is not None:
+            _count("ttft_ms", self.ttft_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generation_ms": self.generation_ms, "ttft_ms": self.ttft_ms}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunLatency:
+        return cls(**wire_fields(data, "RunLatency", ("generation_ms",), ("ttft_ms",)))
+
+    def to_json(self) -> str:
+        return orjson.dumps(self.to_dict()).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunLatency:
+        return cls.from_dict(_load_json(text, "RunLatency"))
+
+
+@dataclass(frozen=True, slots=True)
 class TokenAccounting:
-    """An agent's self-reported spend (CAR: observability, not a trust boundary)."""
+    """An agent's self-reported spend (CAR: observability, not a trust boundary), and how
+    long its generation took when the runner measured it."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    latency: RunLatency | None = None
     total_tokens: int = field(init=False, repr=False, compare=False)
     cost_micros: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _count("input_tokens", self.input_tokens)
         _count("output_tokens", self.output_tokens)
+        if self.latency is not None and not isinstance(self.latency, RunLatency):
+            raise InvalidBudget(f"latency must be a RunLatency or None, got {self.latency!r}")
         object.__setattr__(self, "total_tokens", self.input_tokens + self.output_tokens)
         object.__setattr__(self, "cost_micros", usd_to_micros(self.cost_usd))
 
     def as_words(self) -> tuple[int, int, int, int]:
         return (self.input_tokens, self.output_tokens, self.total_tokens, self.cost_micros)
+
+    def with_latency(self, generation_ms: float, ttft_ms: int | None = None) -> TokenAccounting:
+        """A copy that also reports the generation latency (CAR's with_latency)."""
+        return replace(self, latency=RunLatency(generation_ms, ttft_ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        """CAR's JSON form. `latency` appears only when measured, so the JSON of runners
+        that do not measure it stays what it was before CAR 0.55."""
+        data: dict[str, Any] = {"input_tokens": self.input_tokens,
+                                "output_tokens": self.output_tokens, "cost_usd": self.cost_usd}
+        if self.latency is not None:
+            data["latency"] = self.latency.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TokenAccounting:
+        """From CAR's JSON form: input_tokens, output_tokens and cost_usd are required."""
+        fields = wire_fields(data, "TokenAccounting",
+                              ("input_tokens", "output_tokens", "cost_usd"), ("latency",))
+        if "latency" in fields:
+            fields["latency"] = RunLatency.from_dict(fields["latency"])
+        return cls(**fields)
+
+    def to_json(self) -> str:
+        return orjson.dumps(self.to_dict()).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TokenAccounting:
+        return cls.from_dict(_load_json(text, "TokenAccounting"))
 
 
 class _HasTokens(Protocol):
@@ -180,11 +265,7 @@ class BudgetLimits:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> BudgetLimits:
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidBudget(f"invalid budget JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_load_json(text, "budget"))
 
     def _words(self) -> tuple[int, int, int, int]:
         def word(value: int | None) -> int:

@@ -23,6 +23,7 @@ from carmp.errors import (
     PayloadError,
     RemoteTaskError,
     RemoteTraceback,
+    TaskCancelled,
     TaskTimeout,
     WorkerCrashed,
 )
@@ -262,6 +263,25 @@ def test_task_timeout_kills_only_that_worker(farm: Farm) -> None:
     assert_serving(farm)
 
 
+def test_kill_stops_running_and_waiting_tasks(farm: Farm) -> None:
+    running = farm.submit(tasks.sleep_then, 3600)
+    deadline = time.monotonic() + WAIT
+    while not farm.statistics().running and time.monotonic() < deadline:
+        time.sleep(0.005)
+    waiting = [farm.submit(tasks.sleep_then, 3600) for _ in range(6)]  # queued or pending
+    assert running.kill("the budget ran out")
+    assert all(future.kill("the budget ran out") for future in waiting)
+    with pytest.raises(TaskCancelled, match="killed and replaced: the budget ran out"):
+        running.result(WAIT)
+    for future in waiting:
+        with pytest.raises(TaskCancelled, match="the budget ran out"):
+            future.result(WAIT)
+    finished = farm.submit(tasks.square, 3)
+    assert finished.result(WAIT) == 9
+    assert not finished.kill()
+    assert_serving(farm)
+
+
 def test_shutdown_with_hung_tasks_is_bounded(start_method: str) -> None:
     farm = Farm(workers=2, start_method=start_method)
     hung = [farm.submit(tasks.sleep_then, 3600) for _ in range(4)]
@@ -298,6 +318,7 @@ def log() -> Iterator[EventLog]:
         yield event_log
 
 
+@pytest.mark.watchdog(900)  # 10k worker starts: about a minute alone, more under load
 @pytest.mark.parametrize("max_tasks", [1, 3])
 def test_recycling_with_a_full_queue(start_method: str, max_tasks: int, log: EventLog) -> None:
     count = RECYCLE_QUEUES[start_method][max_tasks > 1]
