@@ -49,6 +49,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/bench_state.py
 	$(PY) bench/bench_eventlog.py
 	$(PY) bench/bench_pool.py
+	$(PY) bench/bench_farm.py
 
 cleanup: $(VENV)/.installed
 	$(PY) -c "import carmp; [print('removed', s.name, '-', s.reason) for s in carmp.sweep()]"
