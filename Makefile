@@ -10,7 +10,7 @@ SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-om
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -g -O1 -pthread $(SANITIZE)
 PYTEST_WORKERS ?= auto
 
-.PHONY: test native-test py-test typecheck bench clean cleanup
+.PHONY: demo test native-test py-test typecheck bench clean cleanup
 
 $(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) $(BINDING_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ native-test: $(NATIVE_TESTS) $(VENV)/.installed
 	for t in $(NATIVE_TESTS); do \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $$t || exit 1; \
 	done
+
+# the demo farm; pass options as `make demo DEMO_ARGS="--workers 4 --seed 3"`
+demo: $(VENV)/.installed
+	$(PY) -m carmp demo $(DEMO_ARGS)
 
 py-test: $(VENV)/.installed
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests

@@ -48,6 +48,8 @@ what happened and what to do about it.
     ├── InvalidMailbox ............. (ValueError)         bad mailbox options, agent name or message
     ├── InvalidPattern ............. (ValueError)         a pattern's configuration is malformed
     ├── PatternFailed .............. (RuntimeError)       a JSON entry point's pattern failed: "swarm error: ..."
+    ├── InvalidSpec ................ (ValueError)         a run spec file (`carmp run`) names a bad field
+    ├── ResultsCorrupt ............. (ValueError)         a sweep's results file cannot be read back
     ├── MultiError ................. a coordination pattern or its mailbox failed (CAR's MultiError)
     │   ├── AgentFailed ............ "agent {name} failed: {msg}"
     │   ├── AdvisorExhausted ....... "advisor exhausted: used {used} of {max_uses}"
@@ -262,6 +264,17 @@ class PatternFailed(CarmpError, RuntimeError):
     """A pattern run by a JSON entry point (carmp.agents.jsonapi) failed. The message is
     CAR's binding text, "<pattern> error: " then the pattern's MultiError, which is the
     __cause__ (catch that for the details)."""
+
+
+class InvalidSpec(CarmpError, ValueError):
+    """A run spec file for `carmp run` cannot be used: not TOML or JSON, a field of the wrong
+    type or value, an unknown field or pattern, a runner that cannot be imported. The
+    message names the file and the field, e.g. "spec.toml: agents[2].max_turns: ..."."""
+
+
+class ResultsCorrupt(CarmpError, ValueError):
+    """A sweep's results file (JSONL or CSV) holds a row that cannot be read back; the
+    message names the file and line. Nothing was run or written: fix or remove the line."""
 
 
 class MultiError(CarmpError):
@@ -611,6 +624,7 @@ __all__ = [
     "InvalidPattern",
     "InvalidPolicy",
     "InvalidProposal",
+    "InvalidSpec",
     "InvalidTool",
     "JournalCorrupt",
     "JournalWriteFailed",
@@ -638,6 +652,7 @@ __all__ = [
     "RemoteTaskError",
     "RemoteTraceback",
     "ReservationDenied",
+    "ResultsCorrupt",
     "SegmentClosed",
     "SegmentCorrupt",
     "SegmentError",

@@ -196,7 +196,7 @@ class StateStore:
         geometry = _geometry(max_keys, capacity_bytes, max_key_bytes, max_value_bytes,
                              transition_log_bytes)
         path = None if journal is None else os.path.abspath(os.fspath(journal))
-        replayed = _replay(path) if path is not None and os.path.exists(path) else {}
+        replayed = replay_journal(path) if path is not None and os.path.exists(path) else {}
         size = TABLE - HEADER_SIZE + _native.table_size(*geometry)
         segment = Segment.create(KIND, size, layout_version=LAYOUT_VERSION, run_id=run_id)
         try:
@@ -709,9 +709,10 @@ def _parse_line(line: bytes) -> dict[str, Any]:
     return parsed
 
 
-def _replay(path: str) -> dict[str, tuple[bytes, int]]:
+def replay_journal(path: str) -> dict[str, tuple[bytes, int]]:
     """key -> (JSON bytes, TTL deadline) after every record of the journal at `path`,
-    skipping malformed lines with a StateJournalWarning and keys whose TTL ran out."""
+    skipping malformed lines with a StateJournalWarning and keys whose TTL ran out. Reads
+    only: what `carmp state` uses to show a journal without opening (and compacting) it."""
     state: dict[str, tuple[bytes, int]] = {}
     with open(path, "rb") as journal:
         for number, line in enumerate(journal, start=1):

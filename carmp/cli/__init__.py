@@ -1,0 +1,1 @@
+"""The `carmp` command: one module per command family, each adding its subcommands."""
