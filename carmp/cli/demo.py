@@ -93,8 +93,8 @@ def summary(report: DemoReport) -> str:
                      + " ".join(solved))
     if report.unsolved:
         lines.append("  unsolved: " + " ".join(report.unsolved))
-    lines.append(f"shared state: the mop-up skipped {report.skipped} puzzles already solved "
-                 f"and solved {report.rescued} left unsolved")
+    lines.append(f"shared state: the mop-up (MapReduce) skipped {report.skipped} puzzles "
+                 f"already solved and solved {report.rescued} left unsolved")
     cap = "no cap" if report.budget_cap is None else f"{report.budget_cap:,}"
     stopped = ", exhausted: the cap stopped work" if report.budget_exhausted else ""
     lines.append(f"budget: {report.budget_spent:,} of {cap} node expansions{stopped}")

@@ -67,11 +67,34 @@ def mission(phase: str, puzzles: list[tuple[str, Board]], *, publish: bool) -> s
                          "puzzles": [{"name": n, "board": list(b)} for n, b in puzzles]}).decode()
 
 
+TALLY = AgentSpec(name="tally", system_prompt="Add up what the mop-up solved and skipped.",
+                  metadata={"role": "tally"})
+
+
 def run(spec: AgentSpec, task: str, runtime: Runtime, mailbox: Mailbox) -> AgentOutput:
-    """The demo's runner: a judge or a solver, by the spec's role."""
-    if spec.metadata.get("role") == "judge":
+    """The demo's runner: a judge, a tally (MapReduce's reducer) or a solver, by the
+    spec's role. A solver's mission is the JSON object in its task: all of it in a
+    Fleet, the item a MapReduce mapper's task ends with."""
+    role = spec.metadata.get("role")
+    if role == "judge":
         return _judge(spec, task)
-    return _Solver(spec, runtime).run(orjson.loads(task))
+    if role == "tally":
+        return _tally(spec, task)
+    return _Solver(spec, runtime).run(orjson.loads(task[task.index("{"):]))
+
+
+_MAPPER_ANSWER = re.compile(r"^\[[^\]]+\]: (\{.*\})$", re.MULTILINE)
+
+
+def _tally(spec: AgentSpec, task: str) -> AgentOutput:
+    """Sum the mappers' answers (one `[name]: {json}` line each) into one."""
+    answers = [orjson.loads(line) for line in _MAPPER_ANSWER.findall(task)]
+    total = {"solved": {name: found for answer in answers
+                        for name, found in answer["solved"].items()},
+             "skipped": [name for answer in answers for name in answer.get("skipped", [])],
+             "expanded": sum(answer["expanded"] for answer in answers)}
+    return AgentOutput(name=spec.name, answer=orjson.dumps(total).decode(), turns=1,
+                       tool_calls=0, duration_ms=0.0)
 
 
 # ---- the judge --------------------------------------------------------------------------------

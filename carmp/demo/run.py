@@ -8,8 +8,8 @@ under one budget counted in node expansions.
 2. solve (Fleet): each puzzle goes to one strategy that qualified, in ranking order
    round robin, publishing its solution to the shared state. Weak strategies run out
    of their allowance on hard puzzles.
-3. mop up (Fleet): the champion is sent every puzzle and skips the ones it finds solved
-   on the shared state.
+3. mop up (MapReduce): the champion maps over every puzzle, skipping the ones it finds
+   solved on the shared state, and a tally agent reduces the mappers' answers.
 
 Everything but the wall clock is decided by the seed: the puzzles, who solves what,
 the moves, the ranking (as long as the budget does not run out mid-way).
@@ -25,12 +25,13 @@ from typing import Any
 
 import orjson
 
-from carmp.agents.patterns.fleet import Fleet, FleetResult
+from carmp.agents.patterns.fleet import Fleet
+from carmp.agents.patterns.map_reduce import MapReduce
 from carmp.agents.patterns.tournament import Tournament
 from carmp.agents.types import AgentOutput
 from carmp.demo import agents
 from carmp.demo.puzzle import Instance, instances, solves
-from carmp.errors import CarmpError
+from carmp.errors import BudgetExhausted, CarmpError
 from carmp.pool.farm import Farm
 from carmp.shared.budget import BudgetLimits
 
@@ -129,12 +130,20 @@ def run_demo(*, workers: int = DEFAULT_WORKERS, budget: int | None = DEFAULT_BUD
                        for i, p in enumerate(bundle)]).run(agents.run, farm)
         champion = qualified[report.ranking[0]]
         say(f"mop up: {champion.name} takes what is left")
-        mop_up = Fleet([(champion, agents.mission("mop-up", _listed([p]), publish=True))
-                        for p in bundle]).run(agents.run, farm)
+        mapped: tuple[AgentOutput, ...] = ()
+        total: dict[str, Any] = {}
+        try:
+            mop_up = MapReduce(champion, agents.TALLY, max_concurrent=2 * workers).run(
+                "mop up", [agents.mission("mop-up", _listed([p]), publish=True)
+                           for p in bundle], agents.run, farm)
+            mapped = mop_up.map_outputs
+            total = orjson.loads(mop_up.reduced_answer) if mop_up.reduced_answer else {}
+        except BudgetExhausted:
+            pass  # no budget left for the tally: what the mappers solved is on the state
         report.seconds = time.perf_counter() - began
-        report.skipped = sum(len(_answer(o).get("skipped", [])) for o in mop_up.outputs)
-        report.rescued = sum(len(_answer(o).get("solved", {})) for o in mop_up.outputs)
-        _tally(report, farm, first_event, [solve, mop_up], bracket.candidates)
+        report.skipped = len(total.get("skipped", []))
+        report.rescued = len(total.get("solved", {}))
+        _tally(report, farm, first_event, [*solve.outputs, *mapped], bracket.candidates)
     return report
 
 
@@ -149,7 +158,7 @@ def _answer(output: AgentOutput) -> dict[str, Any]:
     return answer
 
 
-def _tally(report: DemoReport, farm: Farm, first_event: int, fleets: list[FleetResult],
+def _tally(report: DemoReport, farm: Farm, first_event: int, solvers: list[AgentOutput],
            candidates: tuple[AgentOutput, ...]) -> None:
     """Fill the report from the shared world: solutions from the state, spend from the
     budget, workers and denials from the event log."""
@@ -164,7 +173,7 @@ def _tally(report: DemoReport, farm: Farm, first_event: int, fleets: list[FleetR
     report.budget_spent = snapshot.total_tokens
     report.budget_exhausted = snapshot.exhausted
     report.agents = snapshot.agents_started
-    outputs = [*candidates, *(o for fleet in fleets for o in fleet.outputs)]
+    outputs = [*candidates, *solvers]
     report.agents_refused = sum(1 for o in outputs
                                 if (o.error or "").startswith(REFUSED_BY_BUDGET))
     events = log.events()

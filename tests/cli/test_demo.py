@@ -51,6 +51,7 @@ def test_the_summary_names_the_solved_puzzles_and_the_policy_denial(
     code, out = demo(capsys, "--seed", "3", "--log", str(journal))
     assert code == 0
     assert "solved (Fleet): 5/5, 5 verified" in out
+    assert "ranking (Tournament)" in out and "mop-up (MapReduce) skipped 5 puzzles" in out
     for name in ("p00", "p01", "p02", "p03", "p04"):
         assert f"{name}:" in out
     assert "forfeited: brute" in out

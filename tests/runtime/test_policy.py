@@ -7,7 +7,6 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -23,18 +22,9 @@ from carmp import (
     StateStore,
 )
 from tests.conftest import START_METHODS
+from tests.shared.test_policy import Call  # the stand-in action the rules read
 
 WAIT = 60.0  # bounded waits on workers: only hit on deadlock
-
-
-@dataclass(frozen=True)
-class Call:
-    """A stand-in action with the four attributes the engine is documented to read."""
-
-    tool: str | None
-    parameters: dict[str, Any] = field(default_factory=dict)
-    id: str = "a1"
-    action_type: str = "tool_call"
 
 
 @pytest.fixture
