@@ -515,7 +515,8 @@ class Supervisor:
 
     def finish(self, state: WorkerState, task_id: int) -> Task | None:
         """Take a finished task off its worker's queue; None if it was already settled."""
-        self.doomed.pop(task_id, None)
+        if self.doomed:  # rare: only after TaskFuture.kill()
+            self.doomed.pop(task_id, None)
         task = self.unfinished.get(task_id)
         if task is not None:
             self.settle(task)
