@@ -117,20 +117,26 @@ def wire_fields(owner: str, data: Any, required: tuple[str, ...],
             if name in data and (data[name] is not None or name in required)}
 
 
-class Wire:
-    """to_json/from_json over a type's to_dict/from_dict."""
+class JsonOut:
+    """to_json over a type's to_dict: results that only travel outwards."""
 
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def to_json(self) -> str:
+        return orjson.dumps(self.to_dict()).decode()
+
+
+class Wire(JsonOut):
+    """to_json/from_json over a type's to_dict/from_dict."""
+
+    __slots__ = ()
+
     @classmethod
     def from_dict(cls, data: Any) -> Self:
         raise NotImplementedError
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Self:

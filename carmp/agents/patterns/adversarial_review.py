@@ -34,7 +34,7 @@ import orjson
 
 from carmp.agents.patterns.common import PatternOptions, checked_spec, run_required, why_failed
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentOutput, AgentSpec
+from carmp.agents.types import AgentOutput, AgentSpec, JsonOut
 from carmp.errors import InvalidPattern
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def parse_findings(reply: str) -> list[ReviewFinding] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class AdversarialReviewResult:
+class AdversarialReviewResult(JsonOut):
     """CAR's AdversarialReviewResult: the reviewer's spec, the criteria, the verdict, the
     findings, the reviewer's output and how many findings are blockers."""
 
@@ -150,9 +150,6 @@ class AdversarialReviewResult:
                 "passed": self.passed, "findings": [f.to_dict() for f in self.findings],
                 "reviewer_output": self.reviewer_output.to_dict(),
                 "blocker_count": self.blocker_count}
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
 
 
 @dataclass(frozen=True)

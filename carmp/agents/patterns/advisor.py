@@ -34,13 +34,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from carmp.agents.patterns.adversarial_review import json_in_reply
 from carmp.agents.patterns.delegator import run_sub_agent, world
 from carmp.agents.patterns.common import as_exhausted, checked_spec, run_required, why_failed
 from carmp.agents.runner import AgentLauncher, Runner
-from carmp.agents.types import AgentOutput, AgentSpec
+from carmp.agents.types import AgentOutput, AgentSpec, JsonOut
 from carmp.errors import AdvisorExhausted, BudgetError, InvalidPattern
 
 if TYPE_CHECKING:
@@ -113,7 +111,7 @@ class AdvisorVerdict:
 
 
 @dataclass(frozen=True, slots=True)
-class AdvisorResult:
+class AdvisorResult(JsonOut):
     """CAR's AdvisorResult: the verdict, the advisor's output, and the uses so far (this
     one included) of how many allowed."""
 
@@ -125,9 +123,6 @@ class AdvisorResult:
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict.to_dict(), "advisor_output": self.advisor_output.to_dict(),
                 "used": self.used, "max_uses": self.max_uses}
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
 
 
 class Advisor:

@@ -33,11 +33,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from carmp.agents.patterns.common import PatternOptions, checked_spec, run_required, why_failed
 from carmp.agents.runner import AgentRun, Prepare, Runner, run_agent
-from carmp.agents.types import AgentSpec, Wire, wire_fields
+from carmp.agents.types import AgentSpec, JsonOut, Wire, wire_fields
 from carmp.errors import AgentFailed, BudgetError, CarmpError, UnknownSpecialist
 from carmp.shared.mailbox import Mailbox
 from carmp.shared.state import DELETE
@@ -168,7 +166,7 @@ _RECORD_FIELDS = ("specialist", "subtask", "result", "success")
 
 
 @dataclass(frozen=True, slots=True)
-class DelegatorResult:
+class DelegatorResult(JsonOut):
     """CAR's DelegatorResult: the main agent's answer and every delegation it made."""
 
     task: str
@@ -178,9 +176,6 @@ class DelegatorResult:
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "final_answer": self.final_answer,
                 "delegations": [record.to_dict() for record in self.delegations]}
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from carmp.agents.patterns.common import PatternOptions
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentOutput, AgentSpec
+from carmp.agents.types import AgentOutput, AgentSpec, JsonOut
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
-class FleetResult:
+class FleetResult(JsonOut):
     """CAR's FleetResult: every mission's output in mission order, the fleet's wall
     clock, and how many agents succeeded and failed (a skipped agent failed)."""
 
@@ -44,9 +42,6 @@ class FleetResult:
         return {"outputs": [output.to_dict() for output in self.outputs],
                 "duration_ms": self.duration_ms, "succeeded": self.succeeded,
                 "failed": self.failed}
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
 
 
 @dataclass(frozen=True)

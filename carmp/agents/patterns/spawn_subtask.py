@@ -31,12 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from carmp.agents.patterns.delegator import RunRecords, run_main_agent, run_sub_agent, world
 from carmp.agents.patterns.common import PatternOptions, checked_spec, why_failed
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentSpec, Wire, wire_fields
+from carmp.agents.types import AgentSpec, JsonOut, Wire, wire_fields
 from carmp.errors import AgentFailed, BudgetError, TerminalToolError
 
 if TYPE_CHECKING:
@@ -85,7 +83,7 @@ _RECORD_FIELDS = ("agent", "task", "tools", "result", "success")
 
 
 @dataclass(frozen=True, slots=True)
-class SpawnSubtaskResult:
+class SpawnSubtaskResult(JsonOut):
     """The main agent's answer and every sub-agent it spawned."""
 
     task: str
@@ -95,9 +93,6 @@ class SpawnSubtaskResult:
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "final_answer": self.final_answer,
                 "subtasks": [record.to_dict() for record in self.subtasks]}
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
 
 
 @dataclass(frozen=True)
