@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= auto
 $(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) $(BINDING_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ray]'
 	touch $@
 
 # one sanitized binary per native/tests/test_*.c, each linked with the whole core
@@ -39,8 +39,10 @@ native-test: $(NATIVE_TESTS) $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m carmp demo $(DEMO_ARGS)
 
+# Ray's tests run on their own: no fork-based test shares a process with Ray's threads
 py-test: $(VENV)/.installed
-	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not ray" tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m ray tests
 
 typecheck: $(VENV)/.installed
 	$(PY) -m mypy

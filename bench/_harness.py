@@ -174,9 +174,10 @@ def target_line(claim: str, achieved: str, met: bool) -> str:
     return f"- target {claim}: {achieved} -> {'met' if met else 'NOT met'}"
 
 
-def write_result(name: str, text: str) -> Path:
-    """Save a report as bench/results/<name>.md (the lead's README quotes these)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.md"
+def write_result(name: str, text: str, directory: Path = RESULTS_DIR) -> Path:
+    """Save a report as <directory>/<name>.md; bench/results/ holds the ones the README
+    quotes, so trial runs go elsewhere."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.md"
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     return path

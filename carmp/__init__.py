@@ -16,6 +16,9 @@ if TYPE_CHECKING:
         AdvisorExhausted as AdvisorExhausted,
         AgentFailed as AgentFailed,
         AgentLimit as AgentLimit,
+        BackendError as BackendError,
+        BackendUnavailable as BackendUnavailable,
+        BackendUnsupported as BackendUnsupported,
         BudgetError as BudgetError,
         BudgetExhausted as BudgetExhausted,
         CarmpError as CarmpError,
@@ -80,6 +83,7 @@ if TYPE_CHECKING:
         UnknownSpecialist as UnknownSpecialist,
         ValueTooLarge as ValueTooLarge,
         WorkerCrashed as WorkerCrashed,
+        WorldUnavailable as WorldUnavailable,
         WouldBlock as WouldBlock,
     )
     from carmp.pool.farm import (
@@ -140,7 +144,7 @@ if TYPE_CHECKING:
         StateTransition as StateTransition,
         Transaction as Transaction,
     )
-    from carmp.pool.supervisor import (
+    from carmp.pool.tasks import (
         FarmStatistics as FarmStatistics,
     )
     from carmp.shared.journal import (
@@ -228,6 +232,9 @@ _EXPORTS: dict[str, str] = {
     "AdvisorExhausted": "carmp.errors",
     "AgentFailed": "carmp.errors",
     "AgentLimit": "carmp.errors",
+    "BackendError": "carmp.errors",
+    "BackendUnavailable": "carmp.errors",
+    "BackendUnsupported": "carmp.errors",
     "BudgetError": "carmp.errors",
     "BudgetExhausted": "carmp.errors",
     "CarmpError": "carmp.errors",
@@ -292,6 +299,7 @@ _EXPORTS: dict[str, str] = {
     "UnknownSpecialist": "carmp.errors",
     "ValueTooLarge": "carmp.errors",
     "WorkerCrashed": "carmp.errors",
+    "WorldUnavailable": "carmp.errors",
     "WouldBlock": "carmp.errors",
     "Farm": "carmp.pool.farm",
     "TaskFuture": "carmp.pool.farm",
@@ -331,7 +339,7 @@ _EXPORTS: dict[str, str] = {
     "StateStore": "carmp.shared.state",
     "StateTransition": "carmp.shared.state",
     "Transaction": "carmp.shared.state",
-    "FarmStatistics": "carmp.pool.supervisor",
+    "FarmStatistics": "carmp.pool.tasks",
     "JournalReport": "carmp.shared.journal",
     "SharedInfra": "carmp.runtime.infra",
     "PolicySet": "carmp.shared.policy",

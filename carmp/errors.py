@@ -22,6 +22,10 @@ what happened and what to do about it.
     ├── RemoteTaskError ............ an exception that could not travel home as itself
     ├── FarmShutdown ............... (RuntimeError)       the farm stopped before the task ran
     ├── FarmBroken ................. (RuntimeError)       the initializer failed; no worker can run
+    ├── BackendError
+    │   ├── BackendUnavailable ..... (ImportError)        the backend's package (ray) is not installed
+    │   ├── BackendUnsupported ..... (ValueError)         an option this backend cannot honour
+    │   └── WorldUnavailable ....... (ConnectionError)    a shared-world actor died and did not come back
     ├── StateError
     │   ├── StateFull .............. (MemoryError)        no room for another key or its bytes
     │   ├── KeyTooLarge ............ (ValueError)         a key over max_key_bytes
@@ -98,7 +102,10 @@ class CarmpError(Exception):
 
 def _rebuild_error(cls: type[CarmpError], args: tuple[Any, ...],
                    fields: dict[str, Any]) -> CarmpError:
-    error = cls.__new__(cls)
+    # MemoryError's __new__ refuses a subclass that adds a __dict__ on this path; the
+    # OSError family needs its own __new__ (it sets errno and friends)
+    make = BaseException.__new__ if issubclass(cls, MemoryError) else cls.__new__
+    error = make(cls)
     Exception.__init__(error, *args)
     error.__dict__.update(fields)
     return error
@@ -241,6 +248,22 @@ class FarmBroken(CarmpError, RuntimeError):
 
 
 # ---- agents and their coordination ---------------------------------------------------
+
+
+class BackendError(CarmpError):
+    """Base of the errors of choosing or reaching a farm backend (local or Ray)."""
+
+
+class BackendUnavailable(BackendError, ImportError):
+    """The backend's package is not installed."""
+
+
+class BackendUnsupported(BackendError, ValueError):
+    """An option the chosen backend cannot honour (its capabilities say which)."""
+
+
+class WorldUnavailable(BackendError, ConnectionError):
+    """A part of the shared world (a Ray actor) died and did not come back in time."""
 
 
 class InvalidAgentJson(CarmpError, ValueError):
@@ -605,6 +628,9 @@ __all__ = [
     "AdvisorExhausted",
     "AgentFailed",
     "AgentLimit",
+    "BackendError",
+    "BackendUnavailable",
+    "BackendUnsupported",
     "BudgetError",
     "BudgetExhausted",
     "CarmpError",
@@ -669,5 +695,6 @@ __all__ = [
     "UnknownSpecialist",
     "ValueTooLarge",
     "WorkerCrashed",
+    "WorldUnavailable",
     "WouldBlock",
 ]

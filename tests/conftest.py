@@ -9,16 +9,29 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import multiprocess
 import psutil
 import pytest
+
+if TYPE_CHECKING:
+    from carmp.pool.farm import Farm
+
+from carmp.backends.on_ray.cluster import SINGLE_NODE_SETTING
 
 # Only hit on deadlock: no test comes near it. faulthandler dumps every thread's
 # stack and exits the worker, so a hang becomes a failure with stacks.
 TIMEOUT = 180.0
 START_METHODS = ("fork", "forkserver", "spawn")
 CHILD_GRACE = 5.0
+# Ray's own processes (its GCS, raylet and their children, the worker processes): they
+# live as long as the test session's Ray cluster, so they are no test's leak. carmp's Ray
+# tests check their own actors' processes by pid.
+RAY_PROCESS_ROOTS: set[int] = set()
+# the tests' Ray clusters have one node, on 127.0.0.1 (read when ray is first imported)
+os.environ.setdefault(SINGLE_NODE_SETTING, "0")
 
 
 def carmp_shm_names() -> set[str]:
@@ -41,8 +54,9 @@ def _own_segment_names(names: set[str]) -> set[str]:
 
 
 def _helper_pids() -> set[int]:
-    """Long-lived helpers of the start methods themselves (forkserver, resource tracker)."""
-    pids = set()
+    """Long-lived helpers of the start methods themselves (forkserver, resource tracker),
+    and the Ray cluster of this session."""
+    pids = set(RAY_PROCESS_ROOTS)
     for module in ("multiprocess", "multiprocessing"):
         lib = sys.modules.get(module)
         if lib is None:
@@ -75,7 +89,8 @@ def no_leaks() -> Iterator[None]:
     deadline = time.monotonic() + CHILD_GRACE
     while True:
         helpers = _helper_pids()
-        children = [c for c in me.children(recursive=True) if c.pid not in helpers]
+        children = [c for c in me.children(recursive=True)
+                    if c.pid not in helpers and not _under(c, RAY_PROCESS_ROOTS)]
         children = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         if not children or time.monotonic() > deadline:
             break
@@ -91,6 +106,85 @@ def no_leaks() -> Iterator[None]:
         problems.append(f"leaked child processes: {[(c.pid, c.name()) for c in children]}")
     if problems:
         pytest.fail("; ".join(problems))
+
+
+def _under(process: psutil.Process, roots: set[int]) -> bool:
+    try:
+        return any(parent.pid in roots for parent in process.parents())
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """A local Ray cluster with 2 CPUs for this test process, loopback only, with cloud
+    metadata lookups refused in every process it starts. Ray tests run in their own
+    pytest run (`-m ray`), so no fork-based test shares a process with Ray's threads."""
+    if os.environ.get("CI"):
+        import ray  # CI installs Ray: its tests must run there, never skip
+    else:
+        ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'carmp[ray]')")
+    from tests.netguard import sitecustomize  # the guard, in this process too
+
+    sitecustomize.guard_children()
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    me = psutil.Process()
+    before = {c.pid for c in me.children()}
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1",
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    RAY_PROCESS_ROOTS.update(c.pid for c in me.children() if c.pid not in before)
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:"), \
+        "the tests' Ray cluster must listen on loopback only"
+    yield ray
+    ray.shutdown()
+    RAY_PROCESS_ROOTS.clear()
+
+
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The same test on the local backend and on Ray."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
+    return str(request.param)
+
+
+@pytest.fixture(params=[*START_METHODS, pytest.param("ray", marks=pytest.mark.ray)])
+def flavor(request: pytest.FixtureRequest) -> str:
+    """A start method of the local backend, or "ray": the same test on both backends."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
+    return str(request.param)
+
+
+def make_farm(flavor: str, **options: Any) -> Farm:
+    """A farm of this flavor (see the `flavor` fixture)."""
+    from carmp.pool.farm import Farm
+
+    if flavor == "ray":
+        return Farm(backend="ray", **options)
+    return Farm(start_method=flavor, **options)
+
+
+@pytest.fixture
+def ray_world(ray_session: Any, tmp_path: Path) -> Iterator[Any]:
+    """A world of the test's own whose parts are Ray actors (journals under tmp_path),
+    ended after the test."""
+    from carmp.backends.on_ray.world import open_world
+
+    with open_world(str(tmp_path)) as made:
+        yield made
+
+
+@pytest.fixture
+def any_world(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A world of the test's own on each backend: shared memory, or Ray actors."""
+    if backend == "ray":
+        yield request.getfixturevalue("ray_world")
+        return
+    from carmp.runtime.infra import SharedInfra
+
+    with SharedInfra() as made:
+        yield made
 
 
 @pytest.fixture(params=START_METHODS)

@@ -34,6 +34,8 @@ def test_errors_survive_pickling_whatever_their_constructor_takes() -> None:
         carmp.AgentLimit(max=2, started=2),
         carmp.BudgetExhausted("total tokens 10 reached the limit of 10", snapshot),
         carmp.LockTimeout("held", owner_pid=7),
+        carmp.StateFull("no room"),  # the MemoryError family rebuilds another way
+        carmp.SegmentNotFound("gone"),  # and so does the OSError family
     ]
     for error in samples:
         copy = pickle.loads(pickle.dumps(error))

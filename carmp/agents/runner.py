@@ -195,7 +195,7 @@ class AgentLauncher:
         self.spending = Spending(self.infra, reserve=reserve,
                                  cancel_on_exhaustion=cancel_on_exhaustion)
         self._owns_mailbox = mailbox is None
-        self.mailbox = Mailbox(run_id=farm.run_id) if mailbox is None else mailbox
+        self.mailbox = farm.new_mailbox() if mailbox is None else mailbox
         self._task = _AgentTask(runner, self.mailbox, isolated, prepare,
                                 None if self.infra is farm.infra else self.infra)
 

@@ -58,7 +58,8 @@ from carmp.patterns import (
     Tournament,
     Vote,
 )
-from carmp.pool.farm import START_METHODS, Farm
+from carmp.backends.local import START_METHODS
+from carmp.pool.farm import Farm
 from carmp.shared.budget import BudgetLimits
 
 if TYPE_CHECKING:
@@ -286,6 +287,9 @@ def _document(file: Path) -> Any:
             return orjson.loads(raw)
     except (tomllib.TOMLDecodeError, orjson.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidSpec(f"{file}: not valid {file.suffix[1:].upper()}: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise InvalidSpec(f"{file}: its arrays or tables nest too deeply to read; a spec "
+                          "needs a few levels at most") from None
     raise InvalidSpec(f"{file}: a spec file must end in .toml or .json")
 
 

@@ -25,27 +25,18 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
-import multiprocess
-from multiprocess import forkserver
-
-from carmp.errors import FarmShutdown
+from carmp.backends.base import Backend, Executor, WorkerOptions, WorldOptions
+from carmp.errors import BackendUnsupported, FarmShutdown
+from carmp.pool.supervisor import STOP_GRACE
+from carmp.pool.tasks import FarmStatistics, FunctionEntry, Sink, Task
 from carmp.shared.budget import BudgetLimits, CoordinationBudget
 from carmp.shared.eventlog import EventLog
-from carmp.runtime.infra import SharedInfra
+from carmp.shared.mailbox import Mailbox
+from carmp.shared.segment import new_run_id
 from carmp.shared.state import StateStore
-from carmp.pool.supervisor import (
-    STOP_GRACE,
-    FarmStatistics,
-    FunctionEntry,
-    Sink,
-    Supervisor,
-    Task,
-    sigint_ignored,
-)
-from carmp.shared.segment import new_run_id, sweep
 
 T = TypeVar("T")
-START_METHODS = ("fork", "forkserver", "spawn")
+BACKENDS = ("local", "ray")
 IMAP_WINDOW_PER_WORKER = 256  # tasks imap keeps in flight per worker while it iterates
 PROGRESS_INTERVAL = 0.1
 WORKER_SPIN = 50e-6
@@ -55,7 +46,7 @@ class TaskFuture(Future[Any]):
     """A concurrent.futures.Future that also answers multiprocessing's AsyncResult calls.
     A thread waiting on it collects results itself when no other thread is doing so."""
 
-    _supervisor: Supervisor | None = None
+    _supervisor: Executor | None = None
     _task_id = 0
 
     def kill(self, reason: str = "killed by its caller") -> bool:
@@ -154,7 +145,7 @@ class _Batch(Sink):
             self.cond.notify_all()
 
     def wait_for(self, ready: Callable[[], bool], progress: _Progress | None,
-                 supervisor: Supervisor) -> None:
+                 supervisor: Executor) -> None:
         """Until ready(): collect results in this thread, or sleep while another thread does."""
         interval = PROGRESS_INTERVAL if progress else None
         while not ready():
@@ -205,9 +196,11 @@ def _call_star(function: Callable[..., Any], args: Any) -> Any:
 
 
 class Farm:
-    """A pool of worker processes with fast shared-memory dispatch and typed failures."""
+    """A pool of workers with fast dispatch, typed failures and one shared world: local
+    processes over shared memory (the default), or Ray actors (backend="ray")."""
 
-    def __init__(self, workers: int | None = None, *, start_method: str = "forkserver",
+    def __init__(self, workers: int | None = None, *, backend: str | Backend = "local",
+                 address: str | None = None, start_method: str | None = None,
                  initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = (),
                  max_tasks_per_worker: int | None = None, max_rss_mb: float | None = None,
                  retries: int = 0, timeout: float | None = None, spin: float | None = None,
@@ -218,50 +211,35 @@ class Farm:
         workers = (os.cpu_count() or 1) if workers is None else workers
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-        if start_method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
         for name, value in (("max_tasks_per_worker", max_tasks_per_worker),):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
         if max_rss_mb is not None and not max_rss_mb > 0:
             raise ValueError(f"max_rss_mb must be > 0 or None, got {max_rss_mb!r}")
         self._check_task_options(retries, timeout)
+        if log is not None and log_path is not None:
+            raise ValueError("pass log= (an EventLog) or log_path= (a journal for a new one), not both")
+        self._backend = choose_backend(backend, address, start_method, workers)
+        self._backend.check({"timeout": timeout, "max_rss_mb": max_rss_mb,
+                             "max_tasks_per_worker": max_tasks_per_worker})
         self.retries, self.timeout = retries, timeout
-        sweep()  # segments of dead runs go before this run adds its own
-        context = multiprocess.get_context(start_method)
-        if start_method == "forkserver":
-            context.set_forkserver_preload(["carmp.pool.worker"])
-            # boot the forkserver now: it imports carmp in its own process while this one
-            # creates the segments, and the first worker starts as soon as both are done
-            with sigint_ignored():  # the forkserver, and so every worker, start ignoring it
-                forkserver.ensure_running()
         if spin is None:
             # an idle worker spins this long for its next task before it sleeps: back-to-back
             # tasks skip a cross-CPU wake-up (tens of us here), and idling costs at most this
             spin = WORKER_SPIN
-        if log is not None and log_path is not None:
-            raise ValueError("pass log= (an EventLog) or log_path= (a journal for a new one), not both")
         self.workers = workers
-        self.start_method = start_method
         self.run_id = new_run_id()
-        # the parts of the world the farm makes, and so closes; parts passed in stay open
-        made: list[Any] = []
+        # what the farm made, and so closes, last first: the backend, then its world
+        made: list[Any] = [self._backend]
         try:
-            if isinstance(budget, BudgetLimits):
-                budget = CoordinationBudget(budget, run_id=self.run_id)
-                made.append(budget)
-            if log is None and log_path is not None:
-                log = EventLog(journal=log_path, run_id=self.run_id)
-                made.append(log)
-            self.infra = SharedInfra(state, log, budget, run_id=self.run_id)
-            made.append(self.infra)
-            self._supervisor = Supervisor(
-                workers=workers, context=context, run_id=self.run_id, initializer=initializer,
+            self.infra, parts = self._backend.open_world(WorldOptions(
+                run_id=self.run_id, state=state, log=log, budget=budget,
+                log_path=None if log_path is None else os.fspath(log_path)))
+            made.extend(parts)
+            self._supervisor = self._backend.start(WorkerOptions(
+                workers=workers, run_id=self.run_id, initializer=initializer,
                 initargs=initargs, max_tasks_per_worker=max_tasks_per_worker,
-                max_rss_mb=max_rss_mb, spin=spin, log=self.infra.log,
-                infra_names=self.infra.segment_names(),
-                task_events=task_events,
-            )
+                max_rss_mb=max_rss_mb, spin=spin, task_events=task_events), self.infra)
         except BaseException:
             for part in reversed(made):
                 part.close()
@@ -269,6 +247,21 @@ class Farm:
         self._closed = False
         self._made = made
         self._finalizer = weakref.finalize(self, _stop_and_close, self._supervisor, made, 0.0)
+
+    @property
+    def backend(self) -> Backend:
+        """Where the workers and the world live; `farm.backend.capabilities` says what
+        this farm's options can do."""
+        return self._backend
+
+    @property
+    def start_method(self) -> str | None:
+        """How local workers start (fork, forkserver, spawn); None on Ray."""
+        return getattr(self._backend, "start_method", None)
+
+    def new_mailbox(self) -> Mailbox:
+        """A mailbox that every worker of this farm can reach (the caller closes it)."""
+        return self._backend.new_mailbox(self.run_id)
 
     # ---- single tasks -----------------------------------------------------------------------
 
@@ -475,10 +468,34 @@ class Farm:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.workers} workers"
-        return f"<Farm {self.run_id} {self.start_method} {state}>"
+        return f"<Farm {self.run_id} {self._backend.describe()} {state}>"
 
 
-def _stop_and_close(supervisor: Supervisor, made: list[Any], grace: float) -> None:
+def choose_backend(backend: str | Backend, address: str | None, start_method: str | None,
+                   workers: int) -> Backend:
+    """The Backend a Farm's `backend=` names; Ray is imported only when asked for."""
+    if isinstance(backend, Backend):
+        chosen = backend
+    elif backend == "local":
+        from carmp.backends.local import LocalBackend
+
+        if address is not None:
+            raise BackendUnsupported(
+                f"address={address!r} names a Ray cluster, but backend='local' runs on this "
+                "machine; pass backend='ray' to join that cluster")
+        return LocalBackend("forkserver" if start_method is None else start_method)
+    elif backend == "ray":
+        from carmp.backends.on_ray.backend import RayBackend
+
+        chosen = RayBackend(address, num_cpus=workers)
+    else:
+        raise ValueError(f"backend must be one of {BACKENDS} or a Backend, got {backend!r}")
+    if start_method is not None:
+        chosen.check({"start_method": start_method})
+    return chosen
+
+
+def _stop_and_close(supervisor: Executor, made: list[Any], grace: float) -> None:
     """Stop the workers, then close the world parts the farm made (the log drains last)."""
     supervisor.stop(grace)
     while made:

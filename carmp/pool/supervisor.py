@@ -32,14 +32,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import os
-import pickle
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -49,16 +46,21 @@ from multiprocess import spawn as mp_spawn
 
 from carmp import _native
 from carmp.errors import (
-    CarmpError,
     FarmBroken,
     FarmShutdown,
-    PayloadError,
     RemoteTaskError,
-    TaskCancelled,
     TaskTimeout,
     WorkerCrashed,
 )
 from carmp.pool import dispatch as d
+from carmp.pool.tasks import (
+    FUNCTIONS_PER_WORKER,
+    FarmStatistics,
+    Task,
+    TaskBook,
+    Undecodable,
+    unpickle_outcome,
+)
 from carmp.pool.worker import WorkerHandles, worker_main
 from carmp.shared.eventlog import EventLog
 from carmp.shared.proc import own_identity, rss_bytes
@@ -92,42 +94,8 @@ MIN_IN_FLIGHT, MAX_IN_FLIGHT = 2, 256
 HELPER_SPIN = 50e-6         # a caller waiting for its result spins this long before sleeping
 HANDOFF_GRACE = 0.002      # the collector thread stays parked this long after a caller helped
 QUEUED_WORK_TARGET = 0.002  # seconds of queued work per worker the pump aims for
-FUNCTIONS_PER_WORKER = 512  # function definitions a worker keeps before it is told to forget
 DOOMED_POLL = 0.005         # how often the collector looks for a doomed task to start running
 KILL_REASONS = {"timeout": "task timeout", "rss": "max_rss_mb exceeded", "cancel": "task cancelled"}
-
-
-class Sink:
-    """Where a task's outcome goes: a Future or a batch of a map."""
-
-    def resolve(self, index: int, value: Any) -> None:
-        raise NotImplementedError
-
-    def fail(self, index: int, error: BaseException) -> None:
-        raise NotImplementedError
-
-    def start(self, index: int) -> bool:
-        """Called as the task leaves `pending`; False drops it (cancelled)."""
-        return True
-
-
-@dataclass(slots=True, eq=False)
-class Task:
-    task_id: int
-    function_id: int
-    payload: bytes
-    sink: Sink
-    index: int
-    retries: int
-    timeout: float | None
-    attempts: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class FunctionEntry:
-    function_id: int
-    pickled: bytes
-    users: int = 0  # unfinished tasks that call it
 
 
 class WorkerState:
@@ -155,57 +123,28 @@ class WorkerState:
         return int(self.process.pid) if self.process is not None else 0
 
 
-@dataclass(frozen=True, slots=True)
-class FarmStatistics:
-    workers: int
-    alive: int
-    pending: int
-    running: int
-    done: int
-    failed: int
-    respawns: int
-    recycled: int
-    crashed: int
-    events_dropped: int  # farm events a full log could not take
-
-
-class Supervisor:
+class Supervisor(TaskBook):
     def __init__(self, *, workers: int, context: Any, run_id: str,
                  initializer: Callable[..., Any] | None, initargs: tuple[Any, ...],
                  max_tasks_per_worker: int | None, max_rss_mb: float | None,
                  spin: float, log: EventLog, infra_names: tuple[str, str, str, str],
                  task_events: bool) -> None:
         self.context = context
-        self.run_id = run_id
         self.spin = spin
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_rss_bytes = None if max_rss_mb is None else int(max_rss_mb * 2**20)
         self.initializer = None if initializer is None else cloudpickle.dumps((initializer, initargs))
-        self.log = log
         self.infra_names = infra_names
-        self.task_events = task_events
-        self.lock = threading.RLock()
+        super().__init__(run_id, log, task_events)
         self.collecting = threading.Lock()  # held by whichever thread collects results now
         self.helpers_changed = threading.Condition()
         self.helpers = 0  # callers collecting for themselves (at most one at a time)
         self.last_help = 0.0
-        self.idle = threading.Condition(self.lock)
-        self.pending: collections.deque[Task] = collections.deque()
-        self.unfinished: dict[int, Task] = {}
-        self.timed_tasks = 0  # unfinished tasks with a timeout: only then is there one to enforce
-        self.doomed: dict[int, str] = {}  # task id -> why kill() stopped it (its worker must not run it)
-        self.task_ids = itertools.count(1)
-        self.function_ids = itertools.count(1)
-        self.functions: dict[int, tuple[Any, FunctionEntry]] = {}  # by id() of the function
-        self.entries: dict[int, FunctionEntry] = {}  # by function id, while tasks use them
         self.dispatch = d.Dispatch.create(workers, run_id=run_id)
         self.states = [WorkerState(slot) for slot in self.dispatch.slots]
         self.result_channels = [slot.results for slot in self.dispatch.slots]
         self.deaths: collections.deque[int] = collections.deque()
-        self.broken: BaseException | None = None
-        self.closing = False
         self.stopped = False
-        self.counts = collections.Counter[str]()
         self.next_rss_check = 0.0
         self.start_failures = 0
         self.final_statistics: FarmStatistics | None = None
@@ -269,75 +208,6 @@ class Supervisor:
 
     # ---- submitting ---------------------------------------------------------------------------
 
-    def function_entry(self, function: Callable[..., Any]) -> FunctionEntry:
-        """One pickle per distinct function object, reused by every task that calls it."""
-        key = id(function)
-        with self.lock:
-            known = self.functions.get(key)
-        if known is not None and known[0] is function:
-            return known[1]
-        try:
-            pickled = cloudpickle.dumps(function)
-        except Exception as exc:
-            raise PayloadError(
-                f"the function {function!r} could not be pickled ({type(exc).__name__}: {exc}); "
-                "pass a function whose closure holds only picklable objects"
-            ) from exc
-        with self.lock:
-            entry = FunctionEntry(next(self.function_ids), pickled)
-            if len(self.functions) >= FUNCTIONS_PER_WORKER:
-                self.functions.pop(next(iter(self.functions)))
-            self.functions[key] = (function, entry)
-        return entry
-
-    @staticmethod
-    def pickle_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-        try:
-            return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            pass  # lambdas, local classes: cloudpickle handles them by value
-        try:
-            pickled: bytes = cloudpickle.dumps((args, kwargs))
-            return pickled
-        except Exception as exc:
-            raise PayloadError(
-                f"the task's arguments could not be pickled ({type(exc).__name__}: {exc}); "
-                "pass picklable arguments"
-            ) from exc
-
-    def make_task(self, entry: FunctionEntry, payload: bytes, sink: Sink, index: int,
-                  retries: int, timeout: float | None) -> Task:
-        return Task(next(self.task_ids), entry.function_id, payload, sink, index, retries, timeout)
-
-    def submit_tasks(self, tasks: Iterable[Task], entry: FunctionEntry) -> None:
-        with self.lock:
-            if self.broken is not None:
-                raise FarmBroken(f"the farm is broken: {self.broken}") from self.broken
-            if self.closing:
-                raise FarmShutdown("the farm is shut down; create a new Farm to submit more work")
-            for task in tasks:
-                self.entries[task.function_id] = entry
-                entry.users += 1
-                self.unfinished[task.task_id] = task
-                self.timed_tasks += task.timeout is not None
-                self.pending.append(task)
-                self.counts["submitted"] += 1
-                if self.task_events:
-                    self.emit("task_submitted", task_id=task.task_id)
-            self.pump()
-
-    def settle(self, task: Task) -> None:
-        """Forget a task that reached its outcome (or was dropped)."""
-        if self.unfinished.pop(task.task_id, None) is not None:
-            self.timed_tasks -= task.timeout is not None
-        entry = self.entries.get(task.function_id)
-        if entry is not None:
-            entry.users -= 1
-            if entry.users <= 0:
-                del self.entries[task.function_id]
-        if not self.unfinished:
-            self.idle.notify_all()
-
     # ---- dispatching ------------------------------------------------------------------------
 
     def pump(self) -> None:
@@ -357,15 +227,6 @@ class Supervisor:
         for state in self.states:
             if state.outbox:
                 self.flush(state)
-
-    def next_startable(self) -> Task | None:
-        """The next pending task whose sink still wants it run (cancelled ones are dropped)."""
-        while self.pending:
-            task = self.pending.popleft()
-            if task.attempts or task.sink.start(task.index):
-                return task
-            self.settle(task)
-        return None
 
     def assign(self, state: WorkerState, task: Task) -> None:
         limit = state.slot.tasks.max_message
@@ -470,13 +331,13 @@ class Supervisor:
             outcome = self.decode(state, kind, payload[d.ID.size:])
             if task is None:
                 return
-            if kind in (d.RESULT, d.RESULT_PIPED) and not isinstance(outcome, _Undecodable):
+            if kind in (d.RESULT, d.RESULT_PIPED) and not isinstance(outcome, Undecodable):
                 self.counts["done"] += 1
                 if self.task_events:
                     self.emit("task_finished", task_id=task_id, pid=state.pid)
                 task.sink.resolve(task.index, outcome)
             else:
-                error = outcome.error if isinstance(outcome, _Undecodable) else outcome
+                error = outcome.error if isinstance(outcome, Undecodable) else outcome
                 self.fail_task(task, error, state.pid)
         elif kind == d.READY:
             state.ready = True
@@ -500,18 +361,8 @@ class Supervisor:
         try:
             pickled = state.pipe.recv_bytes()
         except (EOFError, OSError):
-            return _Undecodable(WorkerCrashed.from_exit(state.pid, None, None, "while sending a result"))
-        try:
-            value = pickle.loads(pickled)
-        except BaseException as exc:
-            return _Undecodable(PayloadError(
-                f"the task's {'result' if kind == d.RESULT_PIPED else 'exception'} could not be "
-                f"unpickled in the supervisor ({type(exc).__name__}: {exc}); make it importable "
-                "in the supervisor's process"))
-        if kind == d.RESULT_PIPED:
-            return value
-        error, text = value
-        return RemoteTaskError.attach(error, text)
+            return Undecodable(WorkerCrashed.from_exit(state.pid, None, None, "while sending a result"))
+        return unpickle_outcome(pickled, kind == d.RESULT_PIPED)
 
     def finish(self, state: WorkerState, task_id: int) -> Task | None:
         """Take a finished task off its worker's queue; None if it was already settled."""
@@ -589,12 +440,6 @@ class Supervisor:
             if running in self.doomed and not state.exited and state.kill_reason is None:
                 self.kill(state, ("cancel", running))
 
-    def fail_cancelled(self, task: Task, pid: int, reason: str) -> None:
-        self.settle(task)
-        where = f"; its worker (pid {pid}) was killed and replaced" if pid else " before it started"
-        self.fail_task(task, TaskCancelled(f"task {task.task_id} was cancelled{where}: {reason}"),
-                       pid)
-
     def kill(self, state: WorkerState, reason: tuple[str, int]) -> None:
         state.kill_reason = reason
         state.accepting = False
@@ -667,49 +512,11 @@ class Supervisor:
         elif self.broken is not None:
             self.fail_everything(FarmBroken(f"the farm is broken: {self.broken}"))
 
-    def fail_task(self, task: Task, error: BaseException, pid: int) -> None:
-        """A task's final failure: counted, recorded as task_failed, handed to its sink."""
-        self.counts["failed"] += 1
-        self.emit("task_failed", task_id=task.task_id, pid=pid, error=type(error).__name__,
-                  message=str(error)[:500])
-        task.sink.fail(task.index, error)
-
-    def fail_everything(self, error: BaseException) -> None:
-        tasks = list(self.unfinished.values())
-        self.pending.clear()
+    def forget_queued(self) -> None:
         for state in self.states:
             state.queued.clear()
-        for task in tasks:
-            self.settle(task)
-            task.sink.fail(task.index, error)
-        self.idle.notify_all()
-
-    def emit(self, kind: str, **data: Any) -> None:
-        """Record a farm event; a full or closed log costs the event, never the farm."""
-        try:
-            self.log.append(kind, data=data, run_id=self.run_id, writer="supervisor")
-        except CarmpError:
-            self.counts["events_dropped"] += 1
 
     # ---- shutting down ------------------------------------------------------------------------
-
-    def cancel_pending(self) -> None:
-        with self.lock:
-            for task in self.pending:
-                self.settle(task)
-                task.sink.fail(task.index, FarmShutdown(
-                    "the farm shut down with cancel_futures=True before this task started"))
-            self.pending.clear()
-
-    def wait_idle(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.lock:
-            while self.unfinished and self.broken is None:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self.idle.wait(left)
-            return True
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop every worker (STOP, then SIGTERM, then SIGKILL), fail what is left, release all."""
@@ -782,10 +589,5 @@ def sigint_ignored() -> Iterator[None]:
         yield
     finally:
         _native.sigint_restore()
-
-
-@dataclass(frozen=True, slots=True)
-class _Undecodable:
-    error: BaseException
 
 

@@ -84,6 +84,13 @@ def current_infra() -> SharedInfra | None:
     return _infra
 
 
+def bind_worker(info: WorkerInfo, infra: SharedInfra) -> None:
+    """Make this process a farm worker whose world is `infra`: for backends whose workers
+    receive their world ready-made (Ray actors) rather than by segment names."""
+    global _current, _infra
+    _current, _infra = info, infra
+
+
 def json_exact(value: Any, depth: int = 0) -> bool:
     """True if a JSON round trip gives back exactly `value` (same types, same values)."""
     kind = type(value)
@@ -140,18 +147,16 @@ class _Worker:
         try:
             pickled = cloudpickle.dumps(value)
         except BaseException as exc:
-            self.send_error(task_id, _describe_failure(exc, "the task's result could not be pickled"))
+            self.send_error(task_id, describe_failure(exc, "the task's result could not be pickled"))
             return
         self.send_piped(d.RESULT_PIPED, task_id, pickled)
 
     def send_error(self, task_id: int, exc: BaseException) -> None:
-        text = "".join(traceback.format_exception(exc))
-        try:
-            pickled = cloudpickle.dumps((exc, text))
-        except BaseException:
-            self.send_json(d.ERROR, task_id, _error_document(exc, text))
-            return
-        self.send_piped(d.ERROR_PIPED, task_id, pickled)
+        error = pickled_error(exc)
+        if isinstance(error, dict):
+            self.send_json(d.ERROR, task_id, error)
+        else:
+            self.send_piped(d.ERROR_PIPED, task_id, error)
 
     # ---- running ------------------------------------------------------------------------
 
@@ -164,7 +169,7 @@ class _Worker:
             try:
                 args, kwargs = pickle.loads(payload[d.TASK_HEADER.size:])
             except BaseException as exc:
-                raise _describe_failure(exc, "the task's arguments could not be unpickled") from exc
+                raise describe_failure(exc, "the task's arguments could not be unpickled") from exc
             result = self.functions[function_id](*args, **kwargs)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: they are the task's
             self.send_error(task_id, exc)
@@ -185,7 +190,7 @@ class _Worker:
         try:
             self.functions[function_id] = cloudpickle.loads(payload[d.ID.size:])
         except BaseException as exc:
-            failure = _describe_failure(exc, "the task's function could not be unpickled")
+            failure = describe_failure(exc, "the task's function could not be unpickled")
             self.functions[function_id] = _Raiser(failure)
 
     def retirement_reason(self) -> str | None:
@@ -233,13 +238,24 @@ class _Raiser:
         raise self.failure
 
 
-def _describe_failure(exc: BaseException, what: str) -> PayloadError:
+def pickled_error(exc: BaseException) -> bytes | dict[str, str]:
+    """A task's exception and its traceback text, pickled; when the exception cannot be
+    pickled, a JSON document that describes it instead."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickled: bytes = cloudpickle.dumps((exc, text))
+    except BaseException:
+        return error_document(exc, text)
+    return pickled
+
+
+def describe_failure(exc: BaseException, what: str) -> PayloadError:
     failure = PayloadError(f"{what}: {type(exc).__name__}: {exc}")
     failure.__cause__ = exc
     return failure
 
 
-def _error_document(exc: BaseException, text: str) -> dict[str, str]:
+def error_document(exc: BaseException, text: str) -> dict[str, str]:
     return {
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
@@ -267,7 +283,7 @@ def worker_main(handles: WorkerHandles) -> None:
             initializer(*initargs)
         except BaseException as exc:
             text = "".join(traceback.format_exception(exc))
-            worker.send(d.INIT_FAILED, orjson.dumps(_error_document(exc, text)))
+            worker.send(d.INIT_FAILED, orjson.dumps(error_document(exc, text)))
             os._exit(EXIT_INIT_FAILED)
     worker.send(d.READY, d.ID.pack(os.getpid()))
     worker.serve()

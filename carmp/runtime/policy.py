@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carmp.errors import InvalidPolicy
-from carmp.shared.policy import PolicyAction, PolicySet, StateView
+from carmp.shared.policy import PolicyAction, SharedPolicies, StateView
 from carmp.shared.policy import PolicyViolation as PolicyViolation
 
 PolicyCheck = Callable[[Any, Any], str | None]
@@ -64,9 +64,10 @@ def _require_text(what: str, value: Any) -> None:
 class PolicyEngine:
     """This process's local rules plus the run's shared PolicySet (if any)."""
 
-    def __init__(self, shared: PolicySet | None = None) -> None:
-        if shared is not None and not isinstance(shared, PolicySet):
-            raise InvalidPolicy(f"shared must be a PolicySet or None, got {type(shared).__name__}")
+    def __init__(self, shared: SharedPolicies | None = None) -> None:
+        if shared is not None and not isinstance(shared, SharedPolicies):
+            raise InvalidPolicy(f"shared must be a PolicySet (or a client of one, such as "
+                                f"RayPolicySet) or None, got {type(shared).__name__}")
         self.shared = shared
         # replaced whole on every change, so checks read it without a lock
         self._local: tuple[_LocalPolicy, ...] = ()

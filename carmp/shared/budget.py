@@ -649,11 +649,26 @@ class CoordinationBudget:
             base = LEASES + SLOT_SIZE * slot
             lease_id, pid = load(base + _SLOT_ID), load(base + _SLOT_PID)
             if lease_id and not is_alive(pid, load(base + _SLOT_START)):
-                refund = self._settle(slot, (0, 0, 0, 0))
-                self._region.fetch_add(DEAD_LEASES_REFUNDED, 1)
-                refunds.append({"lease_id": lease_id, "reason": "owner died", "pid": pid,
-                                "refund": refund})
+                self._refund_dead(slot, refunds, lease_id=lease_id, pid=pid)
         return len(refunds) > before
+
+    def refund_dead_lease(self, lease: Lease, holder: str) -> bool:
+        """Refund `lease` as a dead owner's, if it is still held (False when it was settled
+        already). For owners whose death the pid check cannot see: a Ray budget ledger
+        holds every lease in its own process, on behalf of worker actors elsewhere."""
+        refunds: list[dict[str, Any]] = []
+        with self._lock:
+            if self._holds(lease):
+                self._refund_dead(lease.slot, refunds, lease_id=lease.lease_id, holder=holder)
+        self._emit_refunds(refunds)
+        return bool(refunds)
+
+    def _refund_dead(self, slot: int, refunds: list[dict[str, Any]], *, lease_id: int,
+                     **owner: Any) -> None:
+        """Refund a dead owner's lease in full (lock held), appending the event to `refunds`."""
+        refund = self._settle(slot, (0, 0, 0, 0))
+        self._region.fetch_add(DEAD_LEASES_REFUNDED, 1)
+        refunds.append({"lease_id": lease_id, "reason": "owner died", **owner, "refund": refund})
 
     # ---- events --------------------------------------------------------------------------
 

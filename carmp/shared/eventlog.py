@@ -514,11 +514,7 @@ class EventLog:
         return seq
 
     def _too_large(self, size: int) -> EventTooLarge:
-        return EventTooLarge(
-            f"the event encodes to {size} bytes, over this log's max_event_size of "
-            f"{self.max_event_size}; put bulky data in the state store and reference it, "
-            "or create the log with a larger max_event_size"
-        )
+        return event_too_large(size, self.max_event_size)
 
     def _full(self) -> EventLogFull:
         return EventLogFull(
@@ -683,6 +679,16 @@ class EventLog:
     def export_traces(self, service_name: str = "carmp") -> str:
         """The spans as OTLP/JSON (an ExportTraceServiceRequest body)."""
         return otlp_json(self.spans(), service_name)
+
+
+def event_too_large(size: int, max_event_size: int) -> EventTooLarge:
+    """The error of an event that encodes to more than max_event_size bytes (also raised
+    by clients that encode before sending, such as the Ray backend's)."""
+    return EventTooLarge(
+        f"the event encodes to {size} bytes, over this log's max_event_size of "
+        f"{max_event_size}; put bulky data in the state store and reference it, "
+        "or create the log with a larger max_event_size"
+    )
 
 
 def _attach_ring(segment: Segment) -> _native.Ring:

@@ -65,7 +65,7 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -479,18 +479,14 @@ class Mailbox:
         MailboxFull the agents before the one named have the message already."""
         data = self._encode(msg)
         deadline = _deadline(timeout)
-        reached = []
-        for name in self.registered():
-            if name == msg.sender:
-                continue
-            try:
-                self._deliver(name, data, deadline, timeout)
-            except MailboxFull:
-                raise
-            except MailboxSend:
-                continue  # unregistered since the list was taken: no longer a recipient
-            reached.append(name)
-        return reached
+        return broadcast_each(msg, self.registered(),
+                              lambda name: self._deliver(name, data, deadline, timeout))
+
+    def try_send_to(self, to: str, msg: Message, waited: float | None) -> None:
+        """Put `msg` as it is in the queue of agent `to` if it has room now, else raise
+        MailboxFull at once, saying the sender waited `waited` seconds: for senders that
+        wait elsewhere, as the Ray mailbox's clients do by polling its actor."""
+        self._deliver(to, self._encode(msg), time.monotonic(), waited)
 
     def _encode(self, msg: Message) -> bytes:
         if not isinstance(msg, Message):
@@ -643,6 +639,25 @@ class Mailbox:
             full_waits=self._region.load(FULL_WAITS),
             lock_recoveries=self._table_lock.statistics().recoveries
             + sum(lock.statistics().recoveries for lock in self._locks))
+
+
+def broadcast_each(msg: Message, registered: list[str],
+                   deliver: Callable[[str], None]) -> list[str]:
+    """Broadcast's rule, whoever delivers: `deliver` to every registered agent but the
+    sender, in order; one unregistered since the list was taken is no longer a recipient,
+    a full queue ends the broadcast (MailboxFull). Returns the names reached."""
+    reached = []
+    for name in registered:
+        if name == msg.sender:
+            continue
+        try:
+            deliver(name)
+        except MailboxFull:
+            raise
+        except MailboxSend:
+            continue
+        reached.append(name)
+    return reached
 
 
 class MailboxReceiver:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
@@ -81,6 +81,9 @@ class _AnyValue:
     def __repr__(self) -> str:
         return "ANY_VALUE"
 
+    def __reduce__(self) -> str:
+        return "ANY_VALUE"  # pickles as the one ANY_VALUE, so rules keep `is ANY_VALUE`
+
 
 ANY_VALUE: Any = _AnyValue()
 """A require_state rule's `value` when it asks only that the key exists."""
@@ -106,6 +109,34 @@ class StateView(Protocol):
     """What a require_state rule reads: a StateStore or an AgentContext overlay."""
 
     def get_or(self, key: str, default: Any) -> Any: ...
+
+
+@runtime_checkable
+class SharedPolicies(Protocol):
+    """The run's shared rules as a PolicyEngine and its users see them: a PolicySet here,
+    or a client of one hosted elsewhere (the Ray backend's RayPolicySet). `version` is
+    left out: isinstance() on Python 3.11 reads every member, and a client's version is
+    a call to its actor."""
+
+    @property
+    def name(self) -> str: ...
+    def rules(self) -> list[Rule]: ...
+    def denied_tools(self) -> list[str]: ...
+    def calls(self, rule_or_tool: str) -> int: ...
+    def statistics(self) -> PolicyStatistics: ...
+    def evaluate(self, action: PolicyAction,
+                 state: StateView | None) -> list[PolicyViolation]: ...
+    def claim(self, action: PolicyAction) -> list[PolicyViolation]: ...
+    def add(self, rule: Rule) -> Rule: ...
+    def remove(self, name: str) -> int: ...
+    def add_deny_tool(self, name: str, tool: str, description: str = "") -> Rule: ...
+    def add_deny_tool_param(self, name: str, tool: str, key: str, pattern: str, *,
+                            regex: bool = False, description: str = "") -> Rule: ...
+    def add_require_state(self, name: str, key: str, value: Any = ANY_VALUE, *,
+                          tool: str | None = None, description: str = "") -> Rule: ...
+    def add_max_calls(self, name: str, tool: str, limit: int,
+                      description: str = "") -> Rule: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +345,32 @@ class _Rules:
     counted: Mapping[str, tuple[_Compiled, ...]]  # tool -> its max_calls rules
 
 
+def compile_rules(version: int, entries: list[tuple[Rule, int, int]],
+                  call_counters: int) -> _Rules:
+    """Rules with their counter slots and serials, as a process checks them (also the Ray
+    backend's clients, which check a copy of the rules). ValueError: a bad counter."""
+    ordered = tuple(_Compiled(rule, slot, serial, call_counters) for rule, slot, serial in entries)
+    counted: dict[str, tuple[_Compiled, ...]] = {}
+    for compiled in ordered:
+        if compiled.rule.kind == "max_calls" and compiled.rule.tool is not None:
+            counted[compiled.rule.tool] = counted.get(compiled.rule.tool, ()) + (compiled,)
+    return _Rules(version, ordered, counted)
+
+
+def violations(rules: _Rules, action: PolicyAction, state: StateView | None,
+               load: Callable[[int], int]) -> list[PolicyViolation]:
+    """Every rule that refuses the action; `load` reads a max_calls counter word."""
+    found = []
+    for compiled in rules.ordered:
+        reason = compiled.violation(action, state, load)
+        if reason is not None:
+            rule = compiled.rule
+            if rule.description:
+                reason = f"{reason}: {rule.description}"
+            found.append(PolicyViolation(rule.name, action.id, reason))
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyStatistics:
     rules: int
@@ -419,15 +476,9 @@ class PolicySet:
 
     def _compile(self, version: int, entries: list[tuple[Rule, int, int]]) -> _Rules:
         try:
-            ordered = tuple(_Compiled(rule, slot, serial, self.call_counters)
-                            for rule, slot, serial in entries)
+            return compile_rules(version, entries, self.call_counters)
         except ValueError as exc:
             raise self._corrupt(str(exc)) from None
-        counted: dict[str, tuple[_Compiled, ...]] = {}
-        for compiled in ordered:
-            if compiled.rule.kind == "max_calls" and compiled.rule.tool is not None:
-                counted[compiled.rule.tool] = counted.get(compiled.rule.tool, ()) + (compiled,)
-        return _Rules(version, ordered, counted)
 
     def _corrupt(self, what: str) -> SegmentCorrupt:
         return SegmentCorrupt(f"policy segment {self.name}: {what}; remove it with `carmp "
@@ -498,15 +549,7 @@ class PolicySet:
     def evaluate(self, action: PolicyAction, state: StateView | None) -> list[PolicyViolation]:
         """Every rule that refuses the action now; a max_calls rule refuses once its tool
         has used up its limit (evaluate never counts a call: claim does)."""
-        found = []
-        for compiled in self._current().ordered:
-            reason = compiled.violation(action, state, self._load)
-            if reason is not None:
-                rule = compiled.rule
-                if rule.description:
-                    reason = f"{reason}: {rule.description}"
-                found.append(PolicyViolation(rule.name, action.id, reason))
-        return found
+        return violations(self._current(), action, state, self._load)
 
     def claim(self, action: PolicyAction) -> list[PolicyViolation]:
         """Count one call of the action's tool against every max_calls rule on it, all or
@@ -586,6 +629,25 @@ class PolicySet:
         self._lock.write_words([*counter_writes, (info, len(data)),
                                 (info + 8, _native.crc32c(data)), (ACTIVE, idle),
                                 (VERSION, self._load(VERSION) + 1)])
+
+    def restore(self, other: PolicySet) -> None:
+        """Take over another set's rules and call counts, counter slots and serials
+        included: how a restarted host (the Ray backend's policy actor) recovers the set
+        its dead predecessor left. Only for a new set no other process uses yet."""
+        if (other.call_counters, other.capacity_bytes) != (self.call_counters,
+                                                           self.capacity_bytes):
+            raise InvalidPolicy(
+                f"cannot restore {other.name} into {self.name}: their call_counters and "
+                "capacity_bytes differ; create the new set with the same options")
+        with other._lock:
+            entries = other._read_locked()
+            words = [(COUNTERS + 8 * slot, other._load(COUNTERS + 8 * slot))
+                     for rule, slot, _ in entries if rule.kind == "max_calls"]
+            words.append((NEXT_SERIAL, other._load(NEXT_SERIAL)))
+        for offset, word in words:  # nobody else sees this set yet: plain stores
+            self._segment.region.store(offset, word)
+        with self._lock:
+            self._publish_locked(entries, [])
 
     def remove(self, name: str) -> int:
         """Remove every rule named `name`; returns how many there were."""

@@ -1,5 +1,6 @@
 """Budget modes beyond CAR, through the patterns' launcher: reservations that keep a
-parallel fan-out within its cap, and cancelling running agents once a cap is crossed."""
+parallel fan-out within its cap, and cancelling running agents once a cap is crossed, on
+both backends (a Ray farm's budget is a ledger actor)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,15 @@ NAMES = [f"agent-{i}" for i in range(8)]
 
 
 @pytest.fixture
-def farm() -> Iterator[Farm]:
-    with Farm(workers=3) as made:
-        yield made
+def farm(backend_farm: Farm) -> Farm:
+    """Every test here runs on each backend."""
+    return backend_farm
 
 
 @pytest.fixture
-def world() -> Iterator[SharedInfra]:
-    with SharedInfra() as made:
-        made.with_budget(BudgetLimits(max_total_tokens=100))
-        yield made
+def world(any_world: SharedInfra) -> SharedInfra:
+    """The test's own world on the farm's backend, with a cap of 100 tokens."""
+    return any_world.with_budget(BudgetLimits(max_total_tokens=100))
 
 
 def specs(names: list[str]) -> list[AgentSpec]:
@@ -112,22 +112,21 @@ def test_a_lease_is_committed_with_the_reported_spend_or_released(
 
 def test_cancel_on_exhaustion_stops_the_agents_still_running(farm: Farm,
                                                             world: SharedInfra) -> None:
-    """Two agents hold until a key nobody sets; the third waits until all three run,
-    then reports 150 tokens against a cap of 100: the two are killed, each a failed
-    output naming the budget, and the swarm completes."""
-    runner = ScriptedRunner(holds={"slow-1": "never", "slow-2": "never"},
-                            rendezvous={"spender": 3}, tokens={"spender": (150, 0, 0.0)})
-    result = Swarm(specs(["slow-1", "slow-2", "spender"]), cancel_on_exhaustion=True).run(
+    """One agent holds until a key nobody sets; the other waits until both run, then
+    reports 150 tokens against a cap of 100: the holding one is killed, a failed output
+    naming the budget, and the swarm completes."""
+    runner = ScriptedRunner(holds={"slow": "never"}, rendezvous={"spender": 2},
+                            tokens={"spender": (150, 0, 0.0)})
+    result = Swarm(specs(["slow", "spender"]), cancel_on_exhaustion=True).run(
         "t", runner, farm, infra=world)
-    slow_1, slow_2, spender = result.outputs
+    slow, spender = result.outputs
     assert spender.succeeded()
-    for output in (slow_1, slow_2):
-        assert not output.succeeded()
-        assert "TaskCancelled" in (output.error or "")
-        assert ("the coordination budget was exhausted while it ran: total tokens 150 "
-                "reached the limit of 100") in (output.error or "")
+    assert not slow.succeeded()
+    assert "TaskCancelled" in (slow.error or "")
+    assert ("the coordination budget was exhausted while it ran: total tokens 150 "
+            "reached the limit of 100") in (slow.error or "")
     assert result.final_summary == spender.answer
-    assert farm.submit(abs, -1).result(WAIT) == 1  # killed workers were replaced
+    assert farm.submit(abs, -1).result(WAIT) == 1  # the killed worker was replaced
 
 
 def test_budget_mode_options_are_checked(farm: Farm) -> None:

@@ -24,7 +24,7 @@ from carmp.errors import ConcurrencyAbort, InvalidPattern
 from carmp.pool.farm import Farm
 from carmp.runtime.infra import SharedInfra
 from tests.agents.state_script import StateScript, overlay_run
-from tests.conftest import START_METHODS
+from tests.conftest import make_farm
 
 
 @pytest.fixture
@@ -197,12 +197,11 @@ def test_concurrent_writers_in_workers_merge_in_agent_order_not_finishing_order(
     assert ops["first"]["commit_at"] > ops["second"]["commit_at"]
 
 
-@pytest.mark.parametrize("start_method", START_METHODS)
-def test_a_lost_update_between_workers_is_caught(start_method: str) -> None:
+def test_a_lost_update_between_workers_is_caught(flavor: str) -> None:
     """Both agents read the counter and write it + 1 at the same time, in two workers:
     one update merges, the other is caught instead of lost silently."""
     script = StateScript({name: [("arrive", 2), ("incr", "counter")] for name in ("a", "b")})
-    with Farm(workers=2, start_method=start_method) as farm:
+    with make_farm(flavor, workers=2) as farm:
         result = swarm("a", "b", gate=True).run("t", script, farm)
         assert farm.infra.state.get("counter") == 1
     a, b = result.outputs

@@ -34,12 +34,12 @@ def test_only_agents_that_succeeded_merge_in_run_order(world: SharedInfra) -> No
     assert [t.action_id for t in world.state.transitions()[1:]] == ["merge:late", "merge:early"]
 
 
-def test_an_isolated_swarm_drops_the_writes_of_a_failing_agent() -> None:
+def test_an_isolated_swarm_drops_the_writes_of_a_failing_agent(backend: str) -> None:
     """CAR case 21, with agents in workers: nothing reaches the shared state until the
     barrier, and then only what the agents that succeeded wrote."""
     script = StateScript({"good": [("set", "k-good", 1)],
                           "bad": [("set", "k-bad", 1), ("fail",)]})
-    with Farm(workers=2) as farm:
+    with Farm(workers=2, backend=backend) as farm:
         result = Swarm([AgentSpec(name=name, system_prompt="") for name in ("good", "bad")],
                        isolated=True).run("t", script, farm)
         state = farm.infra.state

@@ -1,10 +1,11 @@
-"""Agents as farm tasks: run in workers, failures become outputs, budget gate, overlays."""
+"""Agents as farm tasks: run in workers, failures become outputs, budget gate, overlays,
+under each start method and on Ray."""
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,16 +14,18 @@ from carmp.agents.runner import AgentLauncher
 from carmp.agents.types import AgentOutput, AgentSpec, Message
 from carmp.pool.farm import Farm
 from carmp.runtime.context import AgentContext
+from carmp.runtime.infra import SharedInfra
 from carmp.shared.budget import BudgetLimits
 from tests.agents.scripted import ScriptedRunner, calls
+from tests.conftest import make_farm
 
 WAIT = 60
 
 
-@pytest.fixture(params=["fork", "forkserver", "spawn"])
-def farm(request: pytest.FixtureRequest) -> Iterator[Farm]:
-    with Farm(workers=2, start_method=request.param,
-              budget=BudgetLimits(max_agents=3, max_total_tokens=100)) as made:
+@pytest.fixture
+def farm(flavor: str) -> Iterator[Farm]:
+    with make_farm(flavor, workers=2,
+                   budget=BudgetLimits(max_agents=3, max_total_tokens=100)) as made:
         yield made
 
 
@@ -130,18 +133,17 @@ def test_agents_in_two_workers_talk_through_the_mailbox(farm: Farm) -> None:
     assert run.output.answer == "hello across processes"
 
 
-def test_two_infras_sharing_one_budget(farm: Farm) -> None:
+def test_two_infras_sharing_one_budget(farm: Farm,
+                                      new_world: Callable[[Farm], SharedInfra]) -> None:
     """CAR case 9: spend from run A, on its own infra, blocks run B on another."""
-    from carmp.runtime.infra import SharedInfra
-
-    with SharedInfra() as first, SharedInfra() as second:
-        first.with_budget(BudgetLimits(max_total_tokens=100))
-        second.with_shared_budget(first.budget)
-        runner = ScriptedRunner(tokens={"a": (80, 30, 0.0)})
-        with AgentLauncher(farm, runner, infra=first) as run_a:
-            assert run_a.run(spec("a"), "t").output.succeeded()
-        with AgentLauncher(farm, runner, infra=second) as run_b:
-            refused = run_b.run(spec("b"), "t")
-        assert "budget" in (refused.output.error or "")
-        assert [c["agent"] for c in calls(first.state)] == ["a"]
-        assert farm.infra.budget.snapshot().total_tokens == 0  # the farm's own budget untouched
+    first, second = new_world(farm), new_world(farm)
+    first.with_budget(BudgetLimits(max_total_tokens=100))
+    second.with_shared_budget(first.budget)
+    runner = ScriptedRunner(tokens={"a": (80, 30, 0.0)})
+    with AgentLauncher(farm, runner, infra=first) as run_a:
+        assert run_a.run(spec("a"), "t").output.succeeded()
+    with AgentLauncher(farm, runner, infra=second) as run_b:
+        refused = run_b.run(spec("b"), "t")
+    assert "budget" in (refused.output.error or "")
+    assert [c["agent"] for c in calls(first.state)] == ["a"]
+    assert farm.infra.budget.snapshot().total_tokens == 0  # the farm's own budget untouched

@@ -35,6 +35,18 @@ def whoami() -> tuple[int, int]:
     return info.pid, info.slot
 
 
+def rendezvous(folder: str, name: str, count: int, wait: float = 30.0) -> bool:
+    """Arrive in `folder` as `name`; True once `count` tasks arrived, False if they did
+    not within `wait` seconds (they were not running at the same time)."""
+    open(os.path.join(folder, name), "w").close()
+    deadline = time.monotonic() + wait
+    while len(os.listdir(folder)) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def raise_value_error(message: str) -> None:
     raise ValueError(message)
 

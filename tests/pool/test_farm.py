@@ -30,7 +30,7 @@ from carmp.errors import (
 from carmp.pool.farm import Farm, TaskFuture
 from carmp.shared.budget import BudgetLimits
 from carmp.shared.eventlog import EventLog
-from tests.conftest import START_METHODS
+from tests.conftest import START_METHODS, make_farm
 from tests.pool import tasks
 
 WAIT = 60.0  # bounded waits on results: far above what any task here needs
@@ -38,11 +38,18 @@ WAIT = 60.0  # bounded waits on results: far above what any task here needs
 
 @pytest.fixture(params=START_METHODS)
 def start_method(request: pytest.FixtureRequest) -> str:
+    """For tests of the local backend only (processes, signals, shared memory)."""
     return str(request.param)
 
 
 @pytest.fixture
-def farm(start_method: str) -> Iterator[Farm]:
+def farm(flavor: str) -> Iterator[Farm]:
+    with make_farm(flavor, workers=2) as f:
+        yield f
+
+
+@pytest.fixture
+def local_farm(start_method: str) -> Iterator[Farm]:
     with Farm(workers=2, start_method=start_method) as f:
         yield f
 
@@ -61,6 +68,23 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.02)
+
+
+def wait_running(farm: Farm) -> None:
+    deadline = time.monotonic() + WAIT
+    while not farm.statistics().running and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def worker_pids(farm: Farm) -> list[int]:
+    """The pids of the farm's workers, once each has started."""
+    deadline = time.monotonic() + WAIT
+    while farm.statistics().alive < farm.workers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    executor: Any = farm._supervisor
+    if farm.backend.capabilities.shared_memory:
+        return [state.pid for state in executor.states]
+    return [worker.pid for worker in executor.workers]
 
 
 def assert_serving(farm: Farm) -> None:
@@ -128,6 +152,14 @@ def test_apply_async_callbacks(farm: Farm) -> None:
     assert got == [9] and isinstance(errors[0], ValueError)
 
 
+def test_two_tasks_that_wait_for_each_other_run_at_once(flavor: str, tmp_path: Any) -> None:
+    """On a fresh farm of 2, neither task may queue behind the other while a worker idles
+    or is still starting."""
+    with make_farm(flavor, workers=2) as farm:
+        meet = [farm.submit(tasks.rendezvous, str(tmp_path), name, 2) for name in "ab"]
+        assert [future.result(WAIT) for future in meet] == [True, True]
+
+
 def test_current_worker_inside_a_task(farm: Farm) -> None:
     pids = {pid for pid, slot in farm.map(lambda _: tasks.whoami(), range(50))}
     assert pids and os.getpid() not in pids
@@ -191,7 +223,8 @@ def test_crash_matrix_fails_only_that_task(farm: Farm) -> None:
         with pytest.raises(WorkerCrashed) as caught:
             farm.submit(function, *args).result(WAIT)
         crashed = caught.value
-        assert (crashed.signal_name, crashed.exitcode) == (signal_name, exitcode), name
+        if farm.backend.capabilities.shared_memory:  # Ray does not say how a worker died
+            assert (crashed.signal_name, crashed.exitcode) == (signal_name, exitcode), name
         assert crashed.task_id is not None and crashed.pid > 0
         assert bystander.result(WAIT) == "fine", name
         assert_serving(farm)
@@ -265,9 +298,7 @@ def test_task_timeout_kills_only_that_worker(farm: Farm) -> None:
 
 def test_kill_stops_running_and_waiting_tasks(farm: Farm) -> None:
     running = farm.submit(tasks.sleep_then, 3600)
-    deadline = time.monotonic() + WAIT
-    while not farm.statistics().running and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_running(farm)
     waiting = [farm.submit(tasks.sleep_then, 3600) for _ in range(6)]  # queued or pending
     assert running.kill("the budget ran out")
     assert all(future.kill("the budget ran out") for future in waiting)
@@ -282,10 +313,10 @@ def test_kill_stops_running_and_waiting_tasks(farm: Farm) -> None:
     assert_serving(farm)
 
 
-def test_shutdown_with_hung_tasks_is_bounded(start_method: str) -> None:
-    farm = Farm(workers=2, start_method=start_method)
+def test_shutdown_with_hung_tasks_is_bounded(flavor: str) -> None:
+    farm = make_farm(flavor, workers=2)
     hung = [farm.submit(tasks.sleep_then, 3600) for _ in range(4)]
-    pids = [s.pid for s in farm._supervisor.states]
+    pids = worker_pids(farm)
     farm.shutdown(wait=True, timeout=0.2)
     for future in hung:
         assert isinstance(future.exception(WAIT), FarmShutdown)
@@ -294,9 +325,10 @@ def test_shutdown_with_hung_tasks_is_bounded(start_method: str) -> None:
         farm.submit(tasks.square, 1)
 
 
-def test_shutdown_cancel_futures(start_method: str) -> None:
-    farm = Farm(workers=1, start_method=start_method)
+def test_shutdown_cancel_futures(flavor: str) -> None:
+    farm = make_farm(flavor, workers=1)
     first = farm.submit(tasks.sleep_then, 0.3, "ran")
+    wait_running(farm)  # a Ray worker takes a second to start; what has not started is cancelled
     queued = [farm.submit(tasks.square, i) for i in range(2000)]
     farm.shutdown(wait=True, cancel_futures=True)
     assert first.result(WAIT) == "ran"
@@ -346,14 +378,14 @@ def test_rss_limit_recycles_the_worker(start_method: str, log: EventLog) -> None
 # ---- start-up and the world around the farm --------------------------------------------------
 
 
-def test_initializer_runs_in_every_worker(start_method: str) -> None:
-    with Farm(workers=2, start_method=start_method, initializer=tasks.remember,
-              initargs=("ready",)) as farm:
+def test_initializer_runs_in_every_worker(flavor: str) -> None:
+    with make_farm(flavor, workers=2, initializer=tasks.remember,
+                   initargs=("ready",)) as farm:
         assert set(map(tuple, farm.map(lambda _: tasks.initialized(), range(10)))) == {("ready",)}
 
 
-def test_failing_initializer_breaks_the_farm_with_a_clear_error(start_method: str) -> None:
-    with Farm(workers=1, start_method=start_method, initializer=tasks.failing_initializer) as farm:
+def test_failing_initializer_breaks_the_farm_with_a_clear_error(flavor: str) -> None:
+    with make_farm(flavor, workers=1, initializer=tasks.failing_initializer) as farm:
         try:  # the failure may be known before or after the submit
             error = farm.submit(tasks.square, 2).exception(WAIT)
         except FarmBroken as raised:
@@ -527,8 +559,8 @@ def test_worker_and_task_events_land_in_the_event_log(start_method: str, log: Ev
     assert kinds.count("task_finished") == kinds.count("task_submitted") - 1
 
 
-def test_tasks_see_the_farms_world(start_method: str) -> None:
-    with Farm(workers=2, start_method=start_method, budget=BudgetLimits(max_agents=3)) as farm:
+def test_tasks_see_the_farms_world(flavor: str) -> None:
+    with make_farm(flavor, workers=2, budget=BudgetLimits(max_agents=3)) as farm:
         farm.infra.state.set("goal", {"n": 8}, action_id="setup")
         assert farm.map(tasks.read_goal, range(4)) == [8] * 4
         outcomes = farm.map(tasks.begin_agent, range(5))
@@ -541,8 +573,9 @@ def test_tasks_see_the_farms_world(start_method: str) -> None:
     assert tasks.outside_a_worker() is None
 
 
-def test_workers_ignore_sigint(farm: Farm) -> None:
+def test_workers_ignore_sigint(local_farm: Farm) -> None:
     """Ctrl-C reaches the whole process group; only the supervisor decides what it means."""
+    farm = local_farm
     assert farm.map(tasks.square, range(10)) == [x * x for x in range(10)]
     deadline = time.monotonic() + WAIT
     while not all(s.ready for s in farm._supervisor.states) and time.monotonic() < deadline:

@@ -1,10 +1,12 @@
 """AgentContext: CAR's overlay semantics, tombstones, lost-update detection and the merge
-policies, finding the current context, and conflicts between agents in other processes."""
+policies, finding the current context, and conflicts between agents in other processes.
+Overlays merge into a shared-memory store and into a Ray world's store alike."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,10 +22,18 @@ from carmp import (
 
 
 @pytest.fixture
-def parent() -> Any:
-    store = StateStore(max_keys=64, capacity_bytes=1 << 16, transition_log_bytes=1 << 14)
-    yield store
-    store.close()
+def local_parent() -> Iterator[StateStore]:
+    """A shared-memory store, for tests of the overlay alone and for other processes."""
+    with StateStore(max_keys=64, capacity_bytes=1 << 16, transition_log_bytes=1 << 14) as store:
+        yield store
+
+
+@pytest.fixture
+def parent(backend: str, request: pytest.FixtureRequest) -> StateStore:
+    """The shared store an overlay merges into: a shared-memory one, or a Ray world's."""
+    if backend == "ray":
+        return request.getfixturevalue("ray_world").state  # type: ignore[no-any-return]
+    return request.getfixturevalue("local_parent")  # type: ignore[no-any-return]
 
 
 # ---- CAR's behaviours (CAR-SPEC 3, 20-22) -------------------------------------------------
@@ -58,8 +68,8 @@ def test_only_succeeding_agents_overlays_reach_the_parent(parent: StateStore) ->
     assert parent.snapshot() == {"shared": 0, "out-0": 0, "out-2": 2}
 
 
-def test_task_scope_names_the_agent_only_inside_a_scope(parent: StateStore) -> None:
-    ctx = AgentContext("scoped", parent)
+def test_task_scope_names_the_agent_only_inside_a_scope(local_parent: StateStore) -> None:
+    ctx = AgentContext("scoped", local_parent)
     assert TaskScope.agent_name() is None and current_context() is None
     assert TaskScope.try_with(lambda c: c.agent_name) is None
 
@@ -74,11 +84,11 @@ def test_task_scope_names_the_agent_only_inside_a_scope(parent: StateStore) -> N
         assert TaskScope.try_with(lambda c: c.agent_name) == "scoped"
 
 
-def test_each_thread_and_task_sees_its_own_context(parent: StateStore) -> None:
+def test_each_thread_and_task_sees_its_own_context(local_parent: StateStore) -> None:
     names: dict[str, str | None] = {}
 
     def agent(name: str) -> None:
-        with AgentContext(name, parent).scope():
+        with AgentContext(name, local_parent).scope():
             threading.Event().wait(0.01)
             names[name] = TaskScope.agent_name()
 
@@ -95,8 +105,8 @@ def test_each_thread_and_task_sees_its_own_context(parent: StateStore) -> None:
 
     async def both() -> list[str | None]:
         return list(await asyncio.gather(
-            TaskScope.run_async(AgentContext("a", parent), task_name()),
-            TaskScope.run_async(AgentContext("b", parent), task_name())))
+            TaskScope.run_async(AgentContext("a", local_parent), task_name()),
+            TaskScope.run_async(AgentContext("b", local_parent), task_name())))
 
     assert asyncio.run(both()) == ["a", "b"]
 
@@ -160,12 +170,12 @@ def test_a_key_created_elsewhere_after_the_overlay_saw_it_absent_conflicts(paren
         ctx.merge_to_parent()
 
 
-def test_bad_values_fail_at_set_naming_the_key(parent: StateStore) -> None:
-    ctx = AgentContext("agent", parent)
+def test_bad_values_fail_at_set_naming_the_key(local_parent: StateStore) -> None:
+    ctx = AgentContext("agent", local_parent)
     with pytest.raises(TypeError, match="'k'.*set"):
         ctx.set("k", {1})
     with pytest.raises(ValueError, match="merge policy"):
-        AgentContext("agent", parent, policy="first_wins")  # type: ignore[arg-type]
+        AgentContext("agent", local_parent, policy="first_wins")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="merge policy"):
         ctx.merge_to_parent(policy="nope")  # type: ignore[arg-type]
     value = {"list": [1]}
@@ -192,15 +202,16 @@ def agent_increments(parent: StateStore, name: str, have_read: Any, go: Any, rep
         report.put((name, "conflict", conflict.keys))
 
 
-def test_agents_in_two_processes_detect_the_lost_update(parent: StateStore, mp_context: Any) -> None:
-    parent.set("counter", 0, "setup")
+def test_agents_in_two_processes_detect_the_lost_update(local_parent: StateStore,
+                                                        mp_context: Any) -> None:
+    local_parent.set("counter", 0, "setup")
     report = mp_context.Queue()
     first_go, second_go = mp_context.Event(), mp_context.Event()
     agents = []
     for name, go in (("first", first_go), ("second", second_go)):
         have_read = mp_context.Event()
         agent = mp_context.Process(target=agent_increments,
-                                   args=(parent, name, have_read, go, report))
+                                   args=(local_parent, name, have_read, go, report))
         agent.start()
         agents.append((agent, have_read))
     for _, have_read in agents:
@@ -211,5 +222,5 @@ def test_agents_in_two_processes_detect_the_lost_update(parent: StateStore, mp_c
     assert report.get(timeout=60) == ("second", "conflict", ("counter",))
     for agent, _ in agents:
         agent.join(60)
-    assert parent.get("counter") == 1
-    assert [t.action_id for t in parent.transitions()] == ["setup", "merge:first"]
+    assert local_parent.get("counter") == 1
+    assert [t.action_id for t in local_parent.transitions()] == ["setup", "merge:first"]

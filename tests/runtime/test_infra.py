@@ -1,5 +1,6 @@
 """SharedInfra: CAR's surface (a fresh world, budgets, runtimes) and one world used from the
-supervisor and from several processes at once (fork, forkserver, spawn)."""
+supervisor and from several processes at once (fork, forkserver, spawn); a fresh world and
+its runtimes on Ray too."""
 
 from __future__ import annotations
 
@@ -21,16 +22,15 @@ from carmp import (
 WAIT = 60.0  # bounded waits on children: only hit when something is broken
 
 
-def test_a_fresh_infra_is_an_empty_unbounded_world() -> None:
-    with SharedInfra() as infra:
-        assert infra.state.snapshot() == {} and infra.policies.is_empty()
-        for _ in range(50):
-            infra.begin_agent()
-        infra.record_output(TokenAccounting(10**6, 10**6, 100.0))
-        infra.begin_agent()
-        snapshot = infra.budget.snapshot()
-        assert snapshot.agents_started == 51 and not snapshot.exhausted
-        assert snapshot.limits.is_unbounded()
+def test_a_fresh_infra_is_an_empty_unbounded_world(any_world: SharedInfra) -> None:
+    assert any_world.state.snapshot() == {} and any_world.policies.is_empty()
+    for _ in range(50):
+        any_world.begin_agent()
+    any_world.record_output(TokenAccounting(10**6, 10**6, 100.0))
+    any_world.begin_agent()
+    snapshot = any_world.budget.snapshot()
+    assert snapshot.agents_started == 51 and not snapshot.exhausted
+    assert snapshot.limits.is_unbounded()
 
 
 def test_with_budget_replaces_the_budget_and_closes_the_old_one() -> None:
@@ -56,17 +56,17 @@ def test_two_infras_share_one_budget() -> None:
         assert budget.snapshot().total_tokens == 110  # closing the infras left it open
 
 
-def test_runtimes_share_the_world_but_not_their_tools() -> None:
-    with SharedInfra() as infra:
-        first, second = infra.make_runtime(), infra.make_runtime()
-        assert (first.state, first.log, first.policies) == (infra.state, infra.log, infra.policies)
-        first.register_tool("only_here", lambda: 1)
-        assert "only_here" not in second.tools
-        first.execute({"actions": [{"type": "state_write", "parameters": {"key": "k", "value": 1}}]})
-        assert second.state.get("k") == 1 and infra.log.filter(kind="state_changed")
-        runtime, context = infra.make_isolated_runtime("solo")
-        assert runtime.state is context and context.parent_state is infra.state
-        assert runtime.log is infra.log and runtime.policies is infra.policies
+def test_runtimes_share_the_world_but_not_their_tools(any_world: SharedInfra) -> None:
+    first, second = any_world.make_runtime(), any_world.make_runtime()
+    assert (first.state, first.log, first.policies) == (any_world.state, any_world.log,
+                                                        any_world.policies)
+    first.register_tool("only_here", lambda: 1)
+    assert "only_here" not in second.tools
+    first.execute({"actions": [{"type": "state_write", "parameters": {"key": "k", "value": 1}}]})
+    assert second.state.get("k") == 1 and any_world.log.filter(kind="state_changed")
+    runtime, context = any_world.make_isolated_runtime("solo")
+    assert runtime.state is context and context.parent_state is any_world.state
+    assert runtime.log is any_world.log and runtime.policies is any_world.policies
 
 
 def test_one_world_from_the_supervisor_and_several_processes_at_once(mp_context: Any) -> None:

@@ -1,7 +1,8 @@
 """Runtime: CAR's executor cases (CAR-SPEC 3, 28-34), bad input rejected whole, concurrent
 levels, skip, effects, isolated runtimes, and the guarantees across processes: a policy the
 supervisor adds binds a running worker, a rollback never undoes another worker's writes,
-and the shared idempotency cache deduplicates across workers (fork, forkserver, spawn)."""
+and the shared idempotency cache deduplicates across workers (fork, forkserver, spawn).
+Tests in one process run on both backends: over shared memory and over a Ray world."""
 
 from __future__ import annotations
 
@@ -36,14 +37,28 @@ def delays() -> list[float]:
 
 
 @pytest.fixture
-def runtime(delays: list[float]) -> Iterator[Runtime]:
+def runtime(backend: str, delays: list[float],
+            request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    """A runtime over a store and log of the test's own: shared-memory ones, or the state
+    and log actors of a Ray world."""
+    if backend == "ray":
+        world = request.getfixturevalue("ray_world")
+        with Runtime(world.state, world.log, sleep=delays.append) as made:
+            yield made
+        return
     with StateStore(**SMALL) as state, EventLog() as log:  # type: ignore[arg-type]
         with Runtime(state, log, sleep=delays.append) as made:
             yield made
 
 
 @pytest.fixture
-def infra() -> Iterator[SharedInfra]:
+def infra(any_world: SharedInfra) -> SharedInfra:
+    return any_world
+
+
+@pytest.fixture
+def local_infra() -> Iterator[SharedInfra]:
+    """A shared-memory world, for tests whose worker processes attach to it."""
     with SharedInfra() as made:
         yield made
 
@@ -249,6 +264,9 @@ def test_a_local_policy_sees_the_state_and_a_skip_action_is_only_skipped(runtime
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 
 
+# the problems are found before anything reaches the store or the log, so this matrix runs
+# on the local backend; the rejections after it run on both
+@pytest.mark.parametrize("backend", ["local"])
 @pytest.mark.parametrize("bad, culprit, said", [
     (call("bad", "nope"), "bad", "calls tool 'nope', which is not registered"),
     (call("bad", "count", parameters={"n": "two"}), "bad", "tool 'count' refuses parameters['n']"),
@@ -491,13 +509,13 @@ def test_an_isolated_runtime_writes_to_its_overlay_and_logs_to_the_shared_log(
 # ---- across processes -----------------------------------------------------------------------------
 
 
-def test_a_policy_added_in_the_supervisor_binds_a_running_worker(infra: SharedInfra,
+def test_a_policy_added_in_the_supervisor_binds_a_running_worker(local_infra: SharedInfra,
                                                                  mp_context: Any) -> None:
     ready, go, report = mp_context.Event(), mp_context.Event(), mp_context.Queue()
-    worker = mp_context.Process(target=run_shell_twice, args=(infra, ready, go, report))
+    worker = mp_context.Process(target=run_shell_twice, args=(local_infra, ready, go, report))
     worker.start()
     assert ready.wait(WAIT)
-    infra.policies.shared.add_deny_tool_param("no-rm", "shell", "command", "rm -rf")
+    local_infra.policies.shared.add_deny_tool_param("no-rm", "shell", "command", "rm -rf")
     go.set()
     before, after, calls = (report.get(timeout=WAIT) for _ in range(3))
     worker.join(WAIT)
@@ -520,11 +538,12 @@ def run_shell_twice(infra: SharedInfra, ready: Any, go: Any, report: Any) -> Non
         report.put(len(calls))
 
 
-def test_a_rollback_in_one_worker_keeps_another_workers_writes(infra: SharedInfra,
+def test_a_rollback_in_one_worker_keeps_another_workers_writes(local_infra: SharedInfra,
                                                                mp_context: Any) -> None:
     a_wrote, b_committed, report = mp_context.Event(), mp_context.Event(), mp_context.Queue()
-    a = mp_context.Process(target=write_then_fail, args=(infra, a_wrote, b_committed, report))
-    b = mp_context.Process(target=write_and_commit, args=(infra, a_wrote, b_committed))
+    a = mp_context.Process(target=write_then_fail,
+                           args=(local_infra, a_wrote, b_committed, report))
+    b = mp_context.Process(target=write_and_commit, args=(local_infra, a_wrote, b_committed))
     a.start()
     b.start()
     result = report.get(timeout=WAIT)
@@ -533,8 +552,8 @@ def test_a_rollback_in_one_worker_keeps_another_workers_writes(infra: SharedInfr
     assert (a.exitcode, b.exitcode) == (0, 0)
     assert result["aborted"] and result["rolled_back"] == ["only_a"]
     assert result["rollback_conflicts"] == ["contested"]
-    assert infra.state.snapshot() == {"contested": "B", "only_b": "B"}
-    rollback = infra.log.filter(kind="state_rollback")
+    assert local_infra.state.snapshot() == {"contested": "B", "only_b": "B"}
+    rollback = local_infra.log.filter(kind="state_rollback")
     assert [e.data for e in rollback] == [{"restored": ["only_a"], "conflicts": ["contested"]}]
 
 
@@ -561,22 +580,24 @@ def write_and_commit(infra: SharedInfra, a_wrote: Any, b_committed: Any) -> None
         b_committed.set()
 
 
-def test_shared_idempotency_deduplicates_across_workers(infra: SharedInfra,
+def test_shared_idempotency_deduplicates_across_workers(local_infra: SharedInfra,
                                                         mp_context: Any) -> None:
     a_running, b_arrived, report = mp_context.Event(), mp_context.Event(), mp_context.Queue()
-    first = mp_context.Process(target=call_expensive, args=(infra, a_running, b_arrived, report))
+    first = mp_context.Process(target=call_expensive,
+                               args=(local_infra, a_running, b_arrived, report))
     first.start()
     assert a_running.wait(WAIT)  # A holds the claim, its tool waits for B to arrive
-    second = mp_context.Process(target=call_expensive, args=(infra, None, b_arrived, report))
+    second = mp_context.Process(target=call_expensive,
+                                args=(local_infra, None, b_arrived, report))
     second.start()
     results = [report.get(timeout=WAIT) for _ in range(2)]
     first.join(WAIT)
     second.join(WAIT)
     assert (first.exitcode, second.exitcode) == (0, 0)
-    assert infra.state.get("calls") == 1
+    assert local_infra.state.get("calls") == 1
     assert sorted(r["results"][0]["deduplicated"] for r in results) == [False, True]
     assert [r["results"][0]["output"] for r in results] == [{"doubled": 42}] * 2
-    assert len(infra.log.filter(kind="action_deduplicated")) == 1
+    assert len(local_infra.log.filter(kind="action_deduplicated")) == 1
 
 
 def call_expensive(infra: SharedInfra, a_running: Any, b_arrived: Any, report: Any) -> None:

@@ -127,7 +127,7 @@ def run_main_agent(options: PatternOptions, main: AgentSpec, task: str, runner: 
     exists."""
     with contextlib.ExitStack() as stack:
         box = mailbox if mailbox is not None \
-            else stack.enter_context(Mailbox(run_id=farm.run_id))
+            else stack.enter_context(farm.new_mailbox())
         prepare = tool(box, None if infra is None or infra is farm.infra else infra)
         launcher = stack.enter_context(options.launcher(farm, runner, infra, box,
                                                         prepare=prepare))

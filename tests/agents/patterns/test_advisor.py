@@ -61,7 +61,7 @@ def consult_here(advisor: Advisor, mailbox: Mailbox) -> tuple[str, int]:
 
 def test_uses_are_counted_atomically_across_worker_processes(any_farm: Farm) -> None:
     advisor = Advisor(ADVISOR, max_uses=3, state=any_farm.infra.state)
-    with Mailbox(run_id=any_farm.run_id) as mailbox:
+    with any_farm.new_mailbox() as mailbox:
         outcomes = [future.result() for future in
                     [any_farm.submit(consult_here, advisor, mailbox) for _ in range(7)]]
     assert sorted(said for said, _ in outcomes) == ["continue"] * 3 + ["exhausted after 3"] * 4

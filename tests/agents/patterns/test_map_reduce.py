@@ -19,7 +19,7 @@ from carmp.shared.budget import BudgetLimits
 from carmp.shared.event import Event
 from carmp.runtime.infra import SharedInfra
 from tests.agents.scripted import ScriptedRunner, agent, calls
-from tests.conftest import START_METHODS
+from tests.conftest import make_farm
 
 ITEMS = [f"item {i}" for i in range(7)]
 
@@ -43,13 +43,12 @@ def answer_of(task: str) -> str:
     return "seen " + task.rsplit("\n", 1)[-1]
 
 
-@pytest.mark.parametrize("start_method", START_METHODS)
-def test_mappers_in_flight_item_order_and_one_reduce(start_method: str) -> None:
+def test_mappers_in_flight_item_order_and_one_reduce(flavor: str) -> None:
     """CAR case 40: 7 items, max_concurrent=2, three workers: never more than two mapper
     tasks submitted and unfinished (the farm's task events, in log order), nor running;
     map_outputs in item order; the reducer once, with all 7 answers."""
     runner = ScriptedRunner(answers={f"m-{i}": answer_of for i in range(7)} | {"r": "sum"})
-    with Farm(workers=3, start_method=start_method, task_events=True) as farm:
+    with make_farm(flavor, workers=3, task_events=True) as farm:
         start = farm.infra.log.next_seq
         result = MapReduce(agent("m"), agent("r"), max_concurrent=2).run(
             "count", ITEMS, runner, farm)

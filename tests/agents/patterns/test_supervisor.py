@@ -17,7 +17,7 @@ from carmp.pool.farm import Farm
 from carmp.shared.budget import BudgetLimits
 from carmp.runtime.infra import SharedInfra
 from tests.agents.scripted import ScriptedRunner, agent, calls
-from tests.conftest import START_METHODS
+from tests.conftest import make_farm
 
 
 
@@ -31,11 +31,10 @@ def reviewing(*replies: str) -> ScriptedRunner:
                                    "w2": ["two", "two again"]})
 
 
-@pytest.mark.parametrize("start_method", START_METHODS)
-def test_feedback_then_approval(start_method: str) -> None:
+def test_feedback_then_approval(flavor: str) -> None:
     """CAR case 39: "needs work" then "APPROVED": two rounds, approved; pinned: one
     feedback entry per review, so two; round 2's workers got the feedback."""
-    with Farm(workers=2, start_method=start_method) as farm:
+    with make_farm(flavor, workers=2) as farm:
         result = Supervisor(WORKERS, agent("boss")).run(
             "build", reviewing("needs work", "APPROVED"), farm)
         log = calls(farm.infra.state)

@@ -24,7 +24,7 @@ from carmp.pool.farm import Farm
 from carmp.shared.budget import BudgetLimits, TokenAccounting
 from carmp.runtime.infra import SharedInfra
 from tests.agents.scripted import ScriptedRunner, agent, calls
-from tests.conftest import START_METHODS
+from tests.conftest import make_farm
 
 
 
@@ -44,15 +44,14 @@ def task_of(world: SharedInfra, name: str, index: int = 0) -> str:
 # ---- parallel ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("start_method", START_METHODS)
 def test_parallel_agents_run_in_different_processes_then_the_synthesizer(
-        start_method: str) -> None:
+        flavor: str) -> None:
     """CAR case 37: the synthesizer runs once, after every agent, on all their answers.
     The two agents only get past their rendezvous if they run at the same time, so in two
     processes."""
     runner = ScriptedRunner(answers={"a": "alpha", "b": "beta", "syn": "combined"},
                             rendezvous={"a": 2, "b": 2})
-    with Farm(workers=2, start_method=start_method) as farm:
+    with make_farm(flavor, workers=2) as farm:
         result = Swarm(specs("a", "b"), synthesizer=agent("syn")).run("solve", runner, farm)
         log = calls(farm.infra.state)
     assert [output.answer for output in result.outputs] == ["alpha", "beta"]
@@ -227,12 +226,11 @@ def test_results_travel_as_cars_json(farm: Farm) -> None:
 # ---- pipeline -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("start_method", START_METHODS)
-def test_pipeline_stages_build_on_each_other(start_method: str) -> None:
+def test_pipeline_stages_build_on_each_other(flavor: str) -> None:
     """CAR case 36: stage k's task holds stage k-1's answer; the final answer is the last
     stage's."""
     runner = ScriptedRunner(answers={"draft": "v1", "edit": "v2", "polish": "v3"})
-    with Farm(workers=2, start_method=start_method) as farm:
+    with make_farm(flavor, workers=2) as farm:
         result = Pipeline(specs("draft", "edit", "polish")).run("write", runner, farm)
         log = calls(farm.infra.state)
     assert [call["agent"] for call in log] == ["draft", "edit", "polish"]
