@@ -30,17 +30,16 @@ def incarnation_run_id(host_id: str) -> str:
 def dead_predecessors(host_id: str, kind: str) -> list[str]:
     """Names of the `kind` segments of this host whose creating process is dead."""
     ours = re.compile(rf"/carmp-{host_id}[0-9a-f]{{4}}-{kind}")
-    found = []
-    for name in list_segment_names():
-        if not ours.fullmatch(name):
-            continue
-        try:
-            header = peek_header(name)
-        except FileNotFoundError:
-            continue
-        if header is None or not is_alive(header.creator_pid, header.creator_start):
-            found.append(name)
-    return found
+    return [name for name in list_segment_names() if ours.fullmatch(name) and left_behind(name)]
+
+
+def left_behind(name: str) -> bool:
+    """True when segment `name` exists and the process that created it is dead."""
+    try:
+        header = peek_header(name)
+    except FileNotFoundError:
+        return False
+    return header is None or not is_alive(header.creator_pid, header.creator_start)
 
 
 def unlink(name: str) -> None:

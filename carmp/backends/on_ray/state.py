@@ -53,12 +53,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import orjson
-import posix_ipc
 
 from carmp.backends.on_ray.host import RESTART_WAIT, HostedClient, start_host
+from carmp.backends.on_ray.incarnations import left_behind, unlink
 from carmp.errors import BackendUnsupported, WorldUnavailable
-from carmp.shared.proc import is_alive
-from carmp.shared.segment import peek_header
 from carmp.shared.state import (
     DELETE,
     BatchOutcome,
@@ -106,8 +104,8 @@ class StateShard:
         previous = self.store.get(SEGMENT)
         epoch = int(self.store.get_or(EPOCH, 0)) + 1
         self.store.apply({EPOCH: epoch, SEGMENT: self.store.name}, SHARD_ACTION)
-        if isinstance(previous, str):
-            _remove_orphan(previous)
+        if isinstance(previous, str) and left_behind(previous):
+            unlink(previous)  # the killed incarnation could not remove its segment
         self._epoch = epoch
         self._offset = epoch << EPOCH_SHIFT
         self._locks: dict[str, tuple[str, float]] = {}  # key -> (txn, monotonic deadline)
@@ -323,18 +321,6 @@ class StateShard:
 
     def compact(self) -> None:
         self.store.compact()
-
-
-def _remove_orphan(name: str) -> None:
-    """Unlink the segment of this shard's previous incarnation once its process is gone:
-    a killed shard could not remove it itself."""
-    try:
-        header = peek_header(name)
-    except FileNotFoundError:
-        return
-    if header is not None and not is_alive(header.creator_pid, header.creator_start):
-        with contextlib.suppress(posix_ipc.ExistentialError):
-            posix_ipc.unlink_shared_memory(name)
 
 
 def start_state(journal_dir: str, *, shards: int = 1, **store_options: Any) -> RayStateStore:
