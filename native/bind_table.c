@@ -421,7 +421,8 @@ static PyObject *collect(Table *self, int what, uint64_t now_ns) {
     PyObject *out = table ? PyList_New(0) : NULL;
     uint64_t cursor = 0;
     carmp_table_item item;
-    while (out && carmp_table_next(table, &cursor, &item)) {
+    int rc = 0;
+    while (out && (rc = carmp_table_next(table, &cursor, &item)) == 1) {
         if (what == EXPIRED && (item.expires_ns == 0 || item.expires_ns > now_ns)) continue;
         PyObject *key = PyUnicode_DecodeUTF8(item.key, (Py_ssize_t)item.key_len, "strict");
         PyObject *row = key;
@@ -431,6 +432,10 @@ static PyObject *collect(Table *self, int what, uint64_t now_ns) {
                                 (unsigned long long)item.expires_ns);
         if (row == NULL || PyList_Append(out, row) < 0) Py_CLEAR(out);
         Py_XDECREF(row);
+    }
+    if (out && rc < 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, "a state table entry points outside the table");
     }
     return out;
 }

@@ -189,7 +189,8 @@ typedef struct carmp_table_item {
     size_t key_len, value_len;
     uint64_t version, expires_ns;
 } carmp_table_item;
-/* Iterate the keys: *cursor starts at 0; 1 with an item, 0 at the end. */
+/* Iterate the keys: *cursor starts at 0; 1 with an item, 0 at the end, -1 at an entry
+ * whose block lies outside the arena (corruption; the cursor moves past it). */
 int carmp_table_next(const void *table, uint64_t *cursor, carmp_table_item *item);
 
 #define CARMP_TRANSITION_ABSENT UINT32_MAX /* old_length/new_length of an absent value */

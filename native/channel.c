@@ -72,12 +72,16 @@ carmp_status carmp_channel_peek(void *ch, uint32_t *tag, const void **payload, u
     uint64_t capacity = *word(ch, CH_CAPACITY);
     uint64_t head = __atomic_load_n(word(ch, CH_HEAD), __ATOMIC_RELAXED);
     uint64_t tail = __atomic_load_n(word(ch, CH_TAIL), __ATOMIC_ACQUIRE);
+    /* records are 8-byte aligned and never hold more than the data area: other positions
+     * are scribbles, and following them would read past the data or go round forever */
+    if (head % 8 || tail - head > capacity) return head == tail ? CARMP_EMPTY : CARMP_CORRUPT;
     for (;;) {
         if (head == tail) return CARMP_EMPTY;
         uint64_t offset = head & (capacity - 1);
         uint32_t header[2];
         memcpy(header, data(ch) + offset, sizeof header);
         if (header[0] == CARMP_WRAP) {
+            if (offset == 0) return CARMP_CORRUPT; /* every record fits at the start */
             head += capacity - offset;
             __atomic_store_n(word(ch, CH_HEAD), head, __ATOMIC_RELEASE);
             continue;

@@ -285,6 +285,18 @@ static void entry_free(header_t *h, entry_t *e) {
     h->free_entry = index_of(h, e) + 1;
 }
 
+/* The key and value lengths of an entry's block, checked to lie inside the arena: 0 when
+ * no writer made such a block (corruption), so readers never follow it out of the table. */
+static int block_lengths(const header_t *h, uint64_t block, uint64_t *key_len,
+                         uint64_t *value_len) {
+    uint64_t arena_end = h->arena_at + h->arena_bytes;
+    if (block < h->arena_at || block > arena_end - MIN_BLOCK || block % 16) return 0;
+    uint64_t size = LOAD(word_at(h, block)) & ~USED;
+    *key_len = LOAD(half_at(h, block + 8));
+    *value_len = LOAD(half_at(h, block + 12));
+    return size <= arena_end - block && BLOCK_OVERHEAD + *key_len + *value_len <= size;
+}
+
 static const char *value_of(const header_t *h, const entry_t *e, uint32_t *length) {
     uint64_t block = e->block;
     uint32_t key_len = LOAD(half_at(h, block + 8));
@@ -298,17 +310,13 @@ static const char *value_of(const header_t *h, const entry_t *e, uint32_t *lengt
 static int lookup_once(const header_t *h, const bucket_t *bucket, uint64_t hash, const void *key,
                        size_t key_len, void *buf, size_t capacity, carmp_table_value *out) {
     const entry_t *entries = entries_of(h);
-    uint64_t arena_end = h->arena_at + h->arena_bytes;
     uint64_t link = LOAD(&bucket->head);
     for (uint64_t steps = 0; link; steps++) {
         if (link > h->entry_count || steps > h->entry_count) return -1;
         const entry_t *e = &entries[link - 1];
         if (LOAD(&e->hash) == hash) {
-            uint64_t block = LOAD(&e->block);
-            if (block < h->arena_at || block > arena_end - MIN_BLOCK || block % 16) return -1;
-            uint64_t size = LOAD(word_at(h, block)) & ~USED;
-            uint64_t klen = LOAD(half_at(h, block + 8)), vlen = LOAD(half_at(h, block + 12));
-            if (size > arena_end - block || BLOCK_OVERHEAD + klen + vlen > size) return -1;
+            uint64_t block = LOAD(&e->block), klen, vlen;
+            if (!block_lengths(h, block, &klen, &vlen)) return -1;
             if (klen == key_len && memcmp(bytes_at(h, block + 16), key, key_len) == 0) {
                 out->version = LOAD(&e->version);
                 out->expires_ns = LOAD(&e->expires_ns);
@@ -441,6 +449,7 @@ int carmp_table_log_next(const void *table, uint64_t *cursor, carmp_transition *
     for (;;) {
         uint64_t pos = *cursor, phys = pos % ring;
         if (pos >= h->log_next_pos) return 0;
+        if (h->log_next_pos - pos > ring || pos % 8) return -1; /* no writer left it so */
         uint64_t at = h->log_at + phys;
         uint32_t size = *half_at(h, at);
         if (size == 0) {
@@ -899,15 +908,16 @@ int carmp_table_next(const void *table, uint64_t *cursor, carmp_table_item *item
     const entry_t *entries = entries_of(h);
     for (; *cursor < h->entry_count; (*cursor)++) {
         const entry_t *e = &entries[*cursor];
-        if (!e->block) continue;
-        uint32_t value_len;
-        item->value = value_of(h, e, &value_len);
+        uint64_t block = e->block, key_len, value_len;
+        if (!block) continue;
+        (*cursor)++;
+        if (!block_lengths(h, block, &key_len, &value_len)) return -1;
+        item->key = bytes_at(h, block + 16);
+        item->key_len = key_len;
+        item->value = bytes_at(h, block + 16 + key_len);
         item->value_len = value_len;
-        item->key = bytes_at(h, e->block + 16);
-        item->key_len = *half_at(h, e->block + 8);
         item->version = e->version;
         item->expires_ns = e->expires_ns;
-        (*cursor)++;
         return 1;
     }
     return 0;

@@ -55,6 +55,7 @@ import struct
 from collections.abc import Iterator
 
 from carmp import _native
+from carmp.errors import SegmentCorrupt
 from carmp.shared.segment import HEADER_SIZE, Segment
 
 LAYOUT_VERSION = 1
@@ -173,7 +174,19 @@ class Dispatch:
 
     @classmethod
     def attach(cls, name: str) -> Dispatch:
-        return cls(Segment.attach(name, kind=KIND, layout_version=LAYOUT_VERSION))
+        """Attach the supervisor's dispatch segment, refusing one whose slot count or
+        channel capacities do not fit its size (a corrupt segment)."""
+        segment = Segment.attach(name, kind=KIND, layout_version=LAYOUT_VERSION)
+        region = segment.region
+        slots, tasks, results = (region.load(word)
+                                 for word in (SLOT_COUNT, TASK_CAPACITY, RESULT_CAPACITY))
+        if not 1 <= slots or SLOTS + slots * slot_size(tasks, results) > segment.header().size:
+            segment.close()
+            raise SegmentCorrupt(
+                f"dispatch segment {name} says {slots} slots of {tasks} + {results} channel "
+                f"bytes, more than its {segment.header().size} bytes hold: it is corrupt; stop "
+                "its farm and remove it with `carmp cleanup`")
+        return cls(segment)
 
     def __iter__(self) -> Iterator[Slot]:
         return iter(self.slots)

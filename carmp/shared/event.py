@@ -86,6 +86,13 @@ def kind_name(kind: object) -> str:
     raise InvalidEvent(f"an event kind must be a non-empty str or EventKind, got {kind!r}")
 
 
+# What an event log can hold (native/ring.c): a journal line beyond these is not an event
+# any log wrote, and loading it must fail as a bad line, not as a bad ring.
+MAX_SEQ = (1 << 62) - 1
+MAX_WORD = (1 << 64) - 1
+MAX_PID = (1 << 32) - 1
+
+
 class Event(NamedTuple):
     """One event; immutable. `timestamp_ns` is wall-clock nanoseconds since the epoch."""
 
@@ -130,10 +137,10 @@ class Event(NamedTuple):
                         fields["data"], fields.get("prev_hash"), fields.get("hash"))
         except KeyError as missing:
             raise InvalidEvent(f"the event has no {missing} field") from None
-        for name in ("seq", "timestamp_ns", "pid"):
+        for name, most in (("seq", MAX_SEQ), ("timestamp_ns", MAX_WORD), ("pid", MAX_PID)):
             value = getattr(event, name)
-            if type(value) is not int or value < 0:
-                raise InvalidEvent(f"{name} must be an int >= 0, got {value!r}")
+            if type(value) is not int or not 0 <= value <= most:
+                raise InvalidEvent(f"{name} must be an int in 0..{most}, got {value!r}")
         check_fields(event.kind, event.action_id, event.proposal_id, event.run_id, event.writer,
                      event.data)
         for name in ("prev_hash", "hash"):

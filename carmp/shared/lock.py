@@ -70,11 +70,13 @@ class RobustLock:
             recovered = self._region.lock_acquire(self._offset, timeout)
         except TimeoutError:
             owner = self._region.lock_owner(self._offset)
-            raise LockTimeout(
-                f"{self.label}: not acquired within {timeout} s; held by pid {owner}. "
-                "That process is alive and stuck holding it: inspect or kill it",
-                owner_pid=owner,
-            ) from None
+            holder = (f"held by pid {owner}. That process is alive and stuck holding it: "
+                      "inspect or kill it") if owner else (
+                "it records no holder: unless it was released at this very moment, its "
+                "memory was overwritten and the segment is corrupt; recreate it (remove "
+                "leftovers with `carmp cleanup`)")
+            raise LockTimeout(f"{self.label}: not acquired within {timeout} s; {holder}",
+                              owner_pid=owner) from None
         if recovered:
             self._recover_or_release()
 

@@ -210,6 +210,11 @@ class Segment:
                 f"no shared-memory segment named {name}; its creator closed it or exited. "
                 "Attach while the supervisor that created it is running"
             ) from None
+        except posix_ipc.PermissionsError:
+            raise SegmentError(
+                f"shared-memory segment {name} belongs to another user (carmp segments are "
+                "mode 0600); attach from a process of the user whose run created it"
+            ) from None
         try:
             size = os.fstat(shm.fd).st_size
             if size < HEADER_SIZE:

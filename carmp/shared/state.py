@@ -644,7 +644,14 @@ def _load_path(region: _native.Region) -> str | None:
         return None
     if length > MAX_JOURNAL_PATH:
         raise SegmentCorrupt(f"state segment journal path length {length} is corrupt")
-    return region.read(JOURNAL_PATH, length).decode()
+    raw = region.read(JOURNAL_PATH, length)
+    try:
+        if b"\0" not in raw:
+            return raw.decode()
+    except UnicodeDecodeError:
+        pass
+    raise SegmentCorrupt(f"state segment journal path {raw[:60]!r} is corrupt (not a UTF-8 "
+                         "path); recreate the store from its journal")
 
 
 def _deadline(ttl: float) -> int:

@@ -269,7 +269,7 @@ static void test_clear_and_truncate_restore_a_snapshot(void) {
     uint64_t cursor = 0;
     int items = 0;
     carmp_table_item item;
-    while (carmp_table_next(t.mem, &cursor, &item)) items++;
+    while (carmp_table_next(t.mem, &cursor, &item) == 1) items++;
     CHECK(items == 4);
     CHECK(carmp_table_check(t.mem) == 0);
     drop_table(t);
