@@ -9,8 +9,9 @@ NATIVE_HDR := native/carmp_native.h native/binding.h native/tests/check.h
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -g -O1 -pthread $(SANITIZE)
 PYTEST_WORKERS ?= auto
+BENCH_RESULTS := budget state eventlog pool farm
 
-.PHONY: demo test native-test py-test typecheck bench clean cleanup
+.PHONY: demo test native-test py-test typecheck bench bench-latest clean cleanup
 
 $(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) $(BINDING_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,11 +52,14 @@ test: native-test typecheck py-test
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) bench/bench_budget.py
-	$(PY) bench/bench_state.py
-	$(PY) bench/bench_eventlog.py
-	$(PY) bench/bench_pool.py
-	$(PY) bench/bench_farm.py
+	for name in $(BENCH_RESULTS); do $(PY) bench/bench_$$name.py || exit 1; done
+	$(MAKE) bench-latest
+
+# every script's latest table in one file (each says its date, machine and command)
+bench-latest:
+	{ echo "# carmp benchmarks: the latest result of each bench/ script"; \
+	  for name in $(BENCH_RESULTS); do echo; cat bench/results/$$name.md; done; \
+	} > bench/results/latest.md
 
 cleanup: $(VENV)/.installed
 	$(PY) -c "import carmp; [print('removed', s.name, '-', s.reason) for s in carmp.sweep()]"
