@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import secrets
 import subprocess
 import sys
@@ -64,11 +65,16 @@ def test_ps_lists_a_live_farm_with_its_supervisor_workers_and_segments(
 
 
 def check_ps_shows(farm: Farm, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = carmp(capsys, "ps", "--json")
-    assert code == 0
-    run = next(r for r in orjson.loads(out) if r["run_id"] == farm.run_id)
+    deadline = time.monotonic() + 60
+    while True:  # a worker counts its task done just after it sent the result
+        code, out, _ = carmp(capsys, "ps", "--json")
+        assert code == 0
+        run = next(r for r in orjson.loads(out) if r["run_id"] == farm.run_id)
+        [worker] = run["workers"]
+        if worker["tasks_finished"] == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert run["supervisor_pids"] == [os.getpid()] and run["alive"]
-    [worker] = run["workers"]
     assert worker["alive"] and worker["pid"] > 0 and worker["tasks_finished"] == 1
     kinds = {segment["kind"] for segment in run["segments"]}
     assert {"state", "events", "budget", "dispatch", "policy"} <= kinds
