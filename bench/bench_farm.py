@@ -30,7 +30,6 @@ import contextlib
 import functools
 import multiprocessing
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -170,9 +169,6 @@ _shared: dict[str, Any] = {}
 
 
 def _mp_attach(store: Any, events: Any, iterations: int) -> None:
-    # Forked from this process, where Ray (when running) installed a SIGTERM handler that
-    # prints a stack trace; Pool ends its workers with SIGTERM, so they take the default.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _shared.update(store=store, events=events, iterations=iterations)
 
 

@@ -12,7 +12,14 @@
 Peers: multiprocessing.Pool and ProcessPoolExecutor (fork, the Linux default on 3.11),
 loky's ProcessPoolExecutor (its own loky start method) and mpire's WorkerPool (fork).
 carmp uses its default, forkserver. Each measurement of (a)-(c) opens a fresh pool and
-warms it up untimed. Ray is not measured here.
+warms it up untimed.
+
+Ray is a peer in (a), (b) and (d), as plain remote functions (a @ray.remote no-op) on a
+local 2-CPU cluster, loopback only, cloud-metadata lookups refused (bench/_local_ray.py):
+(a) ray.get([f.remote(x) for x in items]), (b) ray.get(f.remote()) in a loop, both on one
+cluster started once for the two rows; (d) ray.init of a new cluster to the first no-op
+result, "warm" after the previous cluster in this process was shut down. Without Ray
+installed its rows are skipped.
 """
 
 from __future__ import annotations
@@ -26,8 +33,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from carmp.pool.farm import Farm
@@ -46,7 +54,10 @@ if __name__ == "__main__":
         target_line,
         write_result,
     )
+    from _local_ray import local_ray, ray_environment, ray_installed
     from mpire.pool import WorkerPool
+
+    from carmp.backends.on_ray.cluster import ray_module
 
 WORKERS = 2
 REPEATS = 3
@@ -69,6 +80,7 @@ QUICK = Counts(tasks=2_000, calls=300, cpu_tasks=20)
 
 CARMP = "carmp Farm"
 MP_POOL = "mp.Pool"
+RAY = "Ray"
 TARGET_THROUGHPUT = 3.0  # carmp / mp.Pool, tasks/s
 TARGET_P50_US = 50.0
 TARGET_P50_VS_POOL = 0.5  # carmp p50 / mp.Pool.apply p50
@@ -153,6 +165,31 @@ def mpire_pool(workers: int) -> Iterator[Runner]:
                      lambda fn: pool.apply_async(fn).get())
 
 
+def ray_runner(ray: ModuleType) -> Runner:
+    """Plain Ray remote functions on the cluster this process joined, one task per item."""
+    as_task = functools.cache(ray.remote)  # one remote function per Python function
+
+    def map_tasks(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        task = as_task(fn)
+        return ray.get([task.remote(item) for item in items])
+
+    return Runner(map_tasks, lambda fn: ray.get(as_task(fn).remote()))
+
+
+def running_ray(ray: ModuleType) -> OpenPool:
+    """(a), (b): Ray on the cluster main() started once for both rows (its CPUs are the
+    workers); each measurement defines its remote function anew, exported on its first,
+    untimed, call."""
+    return lambda _workers: nullcontext(ray_runner(ray))
+
+
+@contextmanager
+def started_ray(workers: int) -> Iterator[Runner]:
+    """(d): a new local Ray cluster with `workers` CPUs, shut down on closing."""
+    with local_ray(workers) as ray:
+        yield ray_runner(ray)
+
+
 SUBJECTS: dict[str, OpenPool] = {
     CARMP: carmp_farm,
     MP_POOL: mp_pool,
@@ -160,6 +197,7 @@ SUBJECTS: dict[str, OpenPool] = {
     "loky": loky_executor,
     "mpire": mpire_pool,
 }
+START_SUBJECTS: dict[str, OpenPool] = {**SUBJECTS, RAY: started_ray}
 SCALING_SUBJECTS = (CARMP, MP_POOL)
 
 # ---- measures: each opens a fresh pool and returns one sample ------------------------------
@@ -215,8 +253,10 @@ def cold_start(subject: str) -> Callable[[], float]:
     """(d) start_seconds() in a fresh interpreter, this script run with --cold-start."""
 
     def measure() -> float:
-        probe = subprocess.run([sys.executable, __file__, "--cold-start", subject], check=True,
-                               stdout=subprocess.PIPE, text=True, timeout=120)
+        # Ray's probe has the network guard and Ray's settings from its interpreter's start
+        with ray_environment() if subject == RAY else nullcontext():
+            probe = subprocess.run([sys.executable, __file__, "--cold-start", subject],
+                                   check=True, stdout=subprocess.PIPE, text=True, timeout=120)
         return float(probe.stdout)
 
     return measure
@@ -251,10 +291,25 @@ def efficiency(times: tuple[float, float]) -> float:
     return one / two / 2
 
 
+def ray_note(ray_start_seconds: float | None) -> str:
+    if ray_start_seconds is None:
+        return "Ray: no rows; not installed here (pip install -e '.[bench]')."
+    return (f"Ray: plain remote functions (a @ray.remote no-op) on a local cluster "
+            f"(127.0.0.1, {WORKERS} CPUs, no dashboard). (a) ray.get([f.remote(x) for x in "
+            "items]), (b) ray.get(f.remote()) in a loop: on one cluster started once for both "
+            f"rows ({ray_start_seconds:.1f} s, not timed), idle while the other pools ran; "
+            "each measurement defines f anew and warms it up untimed, as the pools are. "
+            "(d) ray.init of a new cluster to the first no-op result (its loopback check "
+            "included), ray imported first; warm: after the previous cluster in this process "
+            "was shut down. Not in (c).")
+
+
 def report(rates: dict[str, list[float]], trips: dict[str, list[tuple[float, float]]],
            scales: dict[str, list[tuple[float, float]]], cold: dict[str, list[float]],
-           warm: dict[str, list[float]], counts: Counts, iterations: int) -> str:
-    """The tables and the targets, as printed and as saved."""
+           warm: dict[str, list[float]], counts: Counts, iterations: int,
+           ray_start_seconds: float | None) -> str:
+    """The tables and the targets, as printed and as saved; `ray_start_seconds` is None
+    when Ray was not measured."""
     rate = {name: Spread.of(values) for name, values in rates.items()}
     p50 = {name: spreads_of(values, 0) for name, values in trips.items()}
     p99 = {name: spreads_of(values, 1) for name, values in trips.items()}
@@ -269,11 +324,11 @@ def report(rates: dict[str, list[float]], trips: dict[str, list[tuple[float, flo
 
     throughput_table = markdown_table(
         ["pool", "median tasks/s", "min", "max", "carmp / peer"],
-        [[name, *spread_cells(rate[name], si), ratio_cell(name, rate)] for name in SUBJECTS])
+        [[name, *spread_cells(rate[name], si), ratio_cell(name, rate)] for name in rates])
     trip_table = markdown_table(
         ["pool", "p50 us", "min", "max", "p99 us", "min", "max", "carmp / peer p50"],
         [[name, *spread_cells(p50[name], figure), *spread_cells(p99[name], figure),
-          ratio_cell(name, p50)] for name in SUBJECTS])
+          ratio_cell(name, p50)] for name in trips])
     scaling_table = markdown_table(
         ["pool", "1 worker s", "2 workers s", "efficiency", "min", "max", "carmp / peer, 2 workers"],
         [[name, f"{one[name].median:.2f}", f"{two[name].median:.2f}",
@@ -282,7 +337,7 @@ def report(rates: dict[str, list[float]], trips: dict[str, list[tuple[float, flo
     start_table = markdown_table(
         ["pool", "cold ms", "min", "max", "warm ms", "min", "max", "carmp / peer, cold"],
         [[name, *spread_cells(cold_s[name], milliseconds), *spread_cells(warm_s[name], milliseconds),
-          ratio_cell(name, cold_s)] for name in SUBJECTS])
+          ratio_cell(name, cold_s)] for name in cold])
 
     versus_pool = rate[CARMP].median / rate[MP_POOL].median
     carmp_p50, carmp_p99 = p50[CARMP].median, p99[CARMP].median
@@ -319,7 +374,7 @@ def report(rates: dict[str, list[float]], trips: dict[str, list[tuple[float, flo
         "",
         start_table,
         "",
-        "Ray: no row; this script does not measure Ray (not installed on this machine).",
+        ray_note(ray_start_seconds),
         "",
         target_line(f">= {TARGET_THROUGHPUT:g}x {MP_POOL}.map chunksize 1, tasks/s",
                     f"{versus_pool:.2f}x", versus_pool >= TARGET_THROUGHPUT),
@@ -339,29 +394,42 @@ def report(rates: dict[str, list[float]], trips: dict[str, list[tuple[float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description="Worker pool: carmp Farm vs mp.Pool, ProcessPoolExecutor, loky and mpire.")
+        description="Worker pool: carmp Farm vs mp.Pool, ProcessPoolExecutor, loky, mpire and Ray.")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK.tasks:,} tasks, {QUICK.calls} round trips, "
-                             f"{QUICK.cpu_tasks} CPU-bound tasks")
-    parser.add_argument("--cold-start", choices=SUBJECTS, help=argparse.SUPPRESS)
+                             f"{QUICK.cpu_tasks} CPU-bound tasks; printed, not saved")
+    parser.add_argument("--cold-start", choices=START_SUBJECTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cold_start:
-        print(repr(start_seconds(SUBJECTS[args.cold_start])))
+        if args.cold_start == RAY:
+            ray_module(single_node=True)  # imports done first, as for the other pools
+        print(repr(start_seconds(START_SUBJECTS[args.cold_start])))
         return
     counts = QUICK if args.quick else FULL
+    with_ray = ray_installed()
+    if not with_ray:
+        print("Ray is not installed: skipping its rows (pip install -e '.[bench]')")
     iterations = calibrate(TASK_SECONDS)
-    rates = interleaved({name: throughput(pool, counts.tasks) for name, pool in SUBJECTS.items()},
-                        REPEATS)
-    trips = interleaved({name: round_trip(pool, counts.calls) for name, pool in SUBJECTS.items()},
-                        REPEATS)
+    began = time.perf_counter()
+    with local_ray(WORKERS) if with_ray else nullcontext() as ray:
+        ray_start_seconds = time.perf_counter() - began if with_ray else None
+        pools = {**SUBJECTS, RAY: running_ray(ray)} if with_ray else SUBJECTS
+        rates = interleaved({name: throughput(pool, counts.tasks) for name, pool in pools.items()},
+                            REPEATS)
+        trips = interleaved({name: round_trip(pool, counts.calls) for name, pool in pools.items()},
+                            REPEATS)
     scales = interleaved({name: scaling(SUBJECTS[name], iterations, counts.cpu_tasks)
                           for name in SCALING_SUBJECTS}, REPEATS)
-    cold = interleaved({name: cold_start(name) for name in SUBJECTS}, REPEATS)
-    warm = interleaved({name: functools.partial(start_seconds, pool) for name, pool in SUBJECTS.items()},
+    starts = START_SUBJECTS if with_ray else SUBJECTS
+    cold = interleaved({name: cold_start(name) for name in starts}, REPEATS)
+    warm = interleaved({name: functools.partial(start_seconds, pool) for name, pool in starts.items()},
                        REPEATS)
-    text = report(rates, trips, scales, cold, warm, counts, iterations)
+    text = report(rates, trips, scales, cold, warm, counts, iterations, ray_start_seconds)
     print(text)
-    print(f"\nwritten to {write_result('pool', text)}")
+    if args.quick:
+        print("\nquick run: not saved (bench/results/ holds full runs only)")
+    else:
+        print(f"\nwritten to {write_result('pool', text)}")
 
 
 if __name__ == "__main__":
