@@ -47,6 +47,13 @@ def rendezvous(folder: str, name: str, count: int, wait: float = 30.0) -> bool:
     return True
 
 
+def until_running(farm: Any, count: int, wait: float = 60.0) -> None:
+    """Wait (in the supervisor) until `count` of the farm's tasks are running."""
+    deadline = time.monotonic() + wait
+    while farm.statistics().running < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def raise_value_error(message: str) -> None:
     raise ValueError(message)
 

@@ -327,8 +327,11 @@ def test_shutdown_with_hung_tasks_is_bounded(flavor: str) -> None:
 
 def test_shutdown_cancel_futures(flavor: str) -> None:
     farm = make_farm(flavor, workers=1)
-    first = farm.submit(tasks.sleep_then, 0.3, "ran")
-    wait_running(farm)  # a Ray worker takes a second to start; what has not started is cancelled
+    # long enough to be seen running on a loaded machine: what is queued behind it has
+    # not started when the farm shuts down, and is cancelled (a Ray worker takes a second
+    # to start, so the test waits for this one to run first)
+    first = farm.submit(tasks.sleep_then, 2.0, "ran")
+    wait_running(farm)
     queued = [farm.submit(tasks.square, i) for i in range(2000)]
     farm.shutdown(wait=True, cancel_futures=True)
     assert first.result(WAIT) == "ran"
@@ -469,9 +472,13 @@ def run_supervisor(tmp_path: Any, method: str, action: str) -> tuple[subprocess.
 
 def test_supervisor_sigkill_leaves_no_worker_and_sweep_cleans_up(start_method: str,
                                                                   tmp_path: Any) -> None:
+    """R5, in the middle of a run: both workers are running tasks when the supervisor dies."""
     from carmp.shared.segment import list_segment_names, sweep
 
-    proc, pids, run_id = run_supervisor(tmp_path, start_method, "time.sleep(3600)")
+    proc, pids, run_id = run_supervisor(tmp_path, start_method, "; ".join([
+        "busy = [farm.submit(tasks.sleep_then, 3600) for _ in range(6)]",
+        "tasks.until_running(farm, 2)", "print('running', flush=True)", "time.sleep(3600)"]))
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "running"
     proc.kill()
     proc.wait()
     proc.stdout.close()  # type: ignore[union-attr]
