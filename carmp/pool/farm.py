@@ -109,16 +109,18 @@ class _FutureSink(Sink):
 
 
 class _Batch(Sink):
-    """The outcomes of one map/imap call, in submission order or as they complete."""
+    """The outcomes of one map/imap call: by index (`ordered`) or as they complete."""
 
-    def __init__(self) -> None:
+    def __init__(self, ordered: bool = True) -> None:
         self.cond = threading.Condition()
+        self.ordered = ordered
         self.results: dict[int, Any] = {}
         self.completed: collections.deque[Any] = collections.deque()
         self.error: BaseException | None = None
         self.error_index = -1
         self.dropped: set[int] = set()
         self.finished = 0
+        self.waiting = 0  # threads asleep on cond: a result wakes them only if there are any
 
     def start(self, index: int) -> bool:
         """After a failure the rest of the batch is dropped, not run."""
@@ -132,10 +134,13 @@ class _Batch(Sink):
 
     def resolve(self, index: int, value: Any) -> None:
         with self.cond:
-            self.results[index] = value
-            self.completed.append(value)
+            if self.ordered:
+                self.results[index] = value
+            else:
+                self.completed.append(value)
             self.finished += 1
-            self.cond.notify_all()
+            if self.waiting:
+                self.cond.notify_all()
 
     def fail(self, index: int, error: BaseException) -> None:
         with self.cond:
@@ -152,7 +157,11 @@ class _Batch(Sink):
             if not supervisor.help_until(ready, interval):
                 with self.cond:
                     if not ready():
-                        self.cond.wait(interval)
+                        self.waiting += 1
+                        try:
+                            self.cond.wait(interval)
+                        finally:
+                            self.waiting -= 1
             if progress:
                 progress.show(self.finished)
 
@@ -370,7 +379,7 @@ class Farm:
     def _iterate(self, fn: Callable[..., Any], iterable: Iterable[Any], ordered: bool,
                  chunksize: int, retries: int | None, timeout: float | None) -> Iterator[Any]:
         entry, retries_, timeout_ = self._prepare(fn, False, chunksize, retries, timeout)
-        batch = _Batch()
+        batch = _Batch(ordered)
         window = self.workers * IMAP_WINDOW_PER_WORKER
         source = iter(iterable)
         submitted = yielded = 0

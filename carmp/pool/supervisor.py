@@ -325,17 +325,18 @@ class Supervisor(TaskBook):
                 self.on_message(state, *message)
 
     def on_message(self, state: WorkerState, kind: int, payload: bytes) -> None:
-        if kind in (d.RESULT, d.RESULT_PIPED, d.ERROR, d.ERROR_PIPED):
+        if kind == d.RESULT:  # most messages: a JSON result, read here (nothing is piped)
+            task = self.finish(state, d.ID.unpack_from(payload)[0])
+            if task is not None:
+                self.resolve(state, task, orjson.loads(memoryview(payload)[d.ID.size:]))
+        elif kind in (d.RESULT_PIPED, d.ERROR, d.ERROR_PIPED):
             (task_id,) = d.ID.unpack_from(payload)
             task = self.finish(state, task_id)
-            outcome = self.decode(state, kind, payload[d.ID.size:])
+            outcome = self.decode(state, kind, payload[d.ID.size:])  # reads the pipe
             if task is None:
                 return
-            if kind in (d.RESULT, d.RESULT_PIPED) and not isinstance(outcome, Undecodable):
-                self.counts["done"] += 1
-                if self.task_events:
-                    self.emit("task_finished", task_id=task_id, pid=state.pid)
-                task.sink.resolve(task.index, outcome)
+            if kind == d.RESULT_PIPED and not isinstance(outcome, Undecodable):
+                self.resolve(state, task, outcome)
             else:
                 error = outcome.error if isinstance(outcome, Undecodable) else outcome
                 self.fail_task(task, error, state.pid)
@@ -352,10 +353,15 @@ class Supervisor(TaskBook):
             state.accepting = False
             self.broken = RemoteTaskError.from_document(info, "the farm's initializer failed")
 
+    def resolve(self, state: WorkerState, task: Task, value: Any) -> None:
+        self.counts["done"] += 1
+        if self.task_events:
+            self.emit("task_finished", task_id=task.task_id, pid=state.pid)
+        task.sink.resolve(task.index, value)
+
     def decode(self, state: WorkerState, kind: int, body: bytes) -> Any:
-        """The result or exception a message carries (pickles come over the pipe)."""
-        if kind == d.RESULT:
-            return orjson.loads(body)
+        """The exception, or the piped result, a message carries (pickles come over the
+        pipe)."""
         if kind == d.ERROR:
             return RemoteTaskError.from_document(orjson.loads(body), "the task failed")
         try:
