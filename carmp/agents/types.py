@@ -22,13 +22,14 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from carmp.errors import BudgetError, InvalidAgentJson, InvalidBudget
 from carmp.shared.budget import RunLatency, TokenAccounting
 from carmp.shared.mailbox import Message, MessageKind
+from carmp.shared.wire import Wire
 
 DEFAULT_MAX_TURNS = 10
 
@@ -115,36 +116,6 @@ def wire_fields(owner: str, data: Any, required: tuple[str, ...],
             raise InvalidAgentJson(f"{owner} JSON lacks the required field {name!r}")
     return {name: data[name] for name in known
             if name in data and (data[name] is not None or name in required)}
-
-
-class JsonOut:
-    """to_json over a type's to_dict: results that only travel outwards."""
-
-    __slots__ = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
-
-
-class Wire(JsonOut):
-    """to_json/from_json over a type's to_dict/from_dict."""
-
-    __slots__ = ()
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Self:
-        raise NotImplementedError
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Self:
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidAgentJson(f"{cls.__name__} JSON is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
 
 
 # ---- AgentSpec ------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ from carmp.errors import (
 )
 from carmp.shared.lock import RobustLock
 from carmp.shared.segment import HEADER_SIZE, Segment
+from carmp.shared.wire import Wire
 
 LAYOUT_VERSION = 1
 KIND = "mailbox"
@@ -143,7 +144,7 @@ def _new_message_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(Wire):
     """One inter-agent message, routed by `to`.
 
     Wire form (JSON): {"id", "sender", "to", "kind", "content", "timestamp"} plus
@@ -206,17 +207,6 @@ class Message:
             if name in known and known[name] is None:
                 del known[name]
         return cls(**known)
-
-    def to_json(self) -> str:
-        return orjson.dumps(self.to_dict()).decode()
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Message:
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidAgentJson(f"Message JSON is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
 
 
 _MESSAGE_FIELDS = tuple(f.name for f in fields(Message))

@@ -70,12 +70,6 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
         time.sleep(0.02)
 
 
-def wait_running(farm: Farm) -> None:
-    deadline = time.monotonic() + WAIT
-    while not farm.statistics().running and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
 def worker_pids(farm: Farm) -> list[int]:
     """The pids of the farm's workers, once each has started."""
     deadline = time.monotonic() + WAIT
@@ -298,7 +292,7 @@ def test_task_timeout_kills_only_that_worker(farm: Farm) -> None:
 
 def test_kill_stops_running_and_waiting_tasks(farm: Farm) -> None:
     running = farm.submit(tasks.sleep_then, 3600)
-    wait_running(farm)
+    tasks.until_running(farm, 1)
     waiting = [farm.submit(tasks.sleep_then, 3600) for _ in range(6)]  # queued or pending
     assert running.kill("the budget ran out")
     assert all(future.kill("the budget ran out") for future in waiting)
@@ -331,7 +325,7 @@ def test_shutdown_cancel_futures(flavor: str) -> None:
     # not started when the farm shuts down, and is cancelled (a Ray worker takes a second
     # to start, so the test waits for this one to run first)
     first = farm.submit(tasks.sleep_then, 2.0, "ran")
-    wait_running(farm)
+    tasks.until_running(farm, 1)
     queued = [farm.submit(tasks.square, i) for i in range(2000)]
     farm.shutdown(wait=True, cancel_futures=True)
     assert first.result(WAIT) == "ran"

@@ -34,8 +34,9 @@ import orjson
 
 from carmp.agents.patterns.common import PatternOptions, checked_spec, run_required, why_failed
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentOutput, AgentSpec, JsonOut
+from carmp.agents.types import AgentOutput, AgentSpec
 from carmp.errors import InvalidPattern
+from carmp.shared.wire import JsonOut
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

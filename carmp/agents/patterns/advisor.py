@@ -38,8 +38,9 @@ from carmp.agents.patterns.adversarial_review import json_in_reply
 from carmp.agents.patterns.delegator import run_sub_agent, world
 from carmp.agents.patterns.common import as_exhausted, checked_spec, run_required, why_failed
 from carmp.agents.runner import AgentLauncher, Runner
-from carmp.agents.types import AgentOutput, AgentSpec, JsonOut
+from carmp.agents.types import AgentOutput, AgentSpec
 from carmp.errors import AdvisorExhausted, BudgetError, InvalidPattern
+from carmp.shared.wire import JsonOut
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from carmp.agents.patterns.common import PatternOptions, checked_spec, run_required, why_failed
 from carmp.agents.runner import AgentRun, Prepare, Runner, run_agent
-from carmp.agents.types import AgentSpec, JsonOut, Wire, wire_fields
+from carmp.agents.types import AgentSpec, wire_fields
 from carmp.errors import AgentFailed, BudgetError, CarmpError, UnknownSpecialist
 from carmp.shared.mailbox import Mailbox
 from carmp.shared.state import DELETE
+from carmp.shared.wire import JsonOut, Wire
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from carmp.agents.patterns.common import PatternOptions
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentOutput, AgentSpec, JsonOut
+from carmp.agents.types import AgentOutput, AgentSpec
+from carmp.shared.wire import JsonOut
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

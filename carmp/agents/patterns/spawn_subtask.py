@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from carmp.agents.patterns.delegator import RunRecords, run_main_agent, run_sub_agent, world
 from carmp.agents.patterns.common import PatternOptions, checked_spec, why_failed
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentSpec, JsonOut, Wire, wire_fields
+from carmp.agents.types import AgentSpec, wire_fields
 from carmp.errors import AgentFailed, BudgetError, TerminalToolError
+from carmp.shared.wire import JsonOut, Wire
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

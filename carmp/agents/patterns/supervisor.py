@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 from carmp.agents.patterns.swarm import summarize
 from carmp.agents.patterns.common import PatternOptions, Spawner, agent_specs, listing, outputs_of
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentOutput, AgentSpec, Wire, wire_fields
+from carmp.agents.types import AgentOutput, AgentSpec, wire_fields
 from carmp.errors import InvalidAgentJson, InvalidPattern
+from carmp.shared.wire import Wire
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

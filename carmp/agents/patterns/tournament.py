@@ -39,8 +39,9 @@ from carmp.agents.patterns.common import (
 )
 from carmp.agents.patterns.vote import normalize
 from carmp.agents.runner import AgentRun, Runner
-from carmp.agents.types import AgentOutput, AgentSpec, Wire, wire_fields
+from carmp.agents.types import AgentOutput, AgentSpec, wire_fields
 from carmp.errors import InvalidAgentJson, InvalidPattern
+from carmp.shared.wire import Wire
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

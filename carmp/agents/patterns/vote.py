@@ -34,7 +34,8 @@ from carmp.agents.patterns.common import (
     outputs_of,
 )
 from carmp.agents.runner import Runner
-from carmp.agents.types import AgentOutput, AgentSpec, Wire, wire_fields
+from carmp.agents.types import AgentOutput, AgentSpec, wire_fields
+from carmp.shared.wire import Wire
 
 if TYPE_CHECKING:
     from carmp.pool.farm import Farm

@@ -365,7 +365,7 @@ def start_budget(limits: BudgetLimits, *, journal: str | None = None) -> RayBudg
                 f"the budget journal {journal} records a budget of {recorded.to_dict()}, "
                 f"not {limits.to_dict()}; name a new journal to start another budget")
     factory = functools.partial(BudgetLedger, new_host_id(), limits, journal)
-    client = HostedClient(start_host(factory, what=WHAT), WHAT)
+    client = start_host(factory, what=WHAT)
     return RayBudget(client, limits, f"ray-budget-{client.call('actor_id')[:12]}")
 
 

@@ -173,7 +173,7 @@ def start_log(journal: JournalPath | None = None, *, batch_size: int = DEFAULT_B
     """A new log actor holding EventLog(journal=journal, **log_options), and its owner's
     client (close_host() ends the actor)."""
     factory = functools.partial(LogHost, new_host_id(), journal, log_options)
-    return RayEventLog(HostedClient(start_host(factory, what=WHAT), WHAT), batch_size=batch_size)
+    return RayEventLog(start_host(factory, what=WHAT), batch_size=batch_size)
 
 
 # ---- the client's side ----------------------------------------------------------------------
@@ -251,7 +251,7 @@ class RayEventLog:
                  writer: str | None = None, settings: dict[str, Any] | None = None) -> None:
         if type(batch_size) is not int or batch_size < 1:
             raise InvalidEventLog(f"batch_size must be an int >= 1, got {batch_size!r}")
-        self._hosted = hosted
+        self.hosted = hosted
         self.batch_size = batch_size
         self._settings = hosted.call("settings") if settings is None else settings
         self.writer: str | None = self._settings["writer"] if writer is None else writer
@@ -265,7 +265,7 @@ class RayEventLog:
         self._batch = _Batch(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._hosted, self.batch_size, self.writer, self._settings))
+        return (_rebuild, (self.hosted, self.batch_size, self.writer, self._settings))
 
     def __repr__(self) -> str:
         return f"<RayEventLog {self.name}{' closed' if self.closed else ''}>"
@@ -307,7 +307,7 @@ class RayEventLog:
             batch, payloads, stamps = self._batch, self._payloads, self._stamps
             self._batch, self._payloads, self._stamps = _Batch(self), [], []
             try:
-                batch.seqs, batch.error = self._hosted.mutate("append_batch", payloads, stamps)
+                batch.seqs, batch.error = self.hosted.mutate("append_batch", payloads, stamps)
             except BaseException as exc:  # the actor is gone: these events have no seq
                 batch.seqs, batch.error = [], exc
             if batch.error is not None:
@@ -322,20 +322,20 @@ class RayEventLog:
                    attributes: dict[str, Any] | None = None) -> str:
         """Open a span (a span_started event, appended by the actor); its span id."""
         self.flush()
-        span_id: str = self._hosted.mutate("begin_span", name, trace_id, parent_span_id,
+        span_id: str = self.hosted.mutate("begin_span", name, trace_id, parent_span_id,
                                            attributes)
         return span_id
 
     def end_span(self, span_id: str, status: SpanStatus | str = SpanStatus.OK,
                  message: str | None = None) -> None:
         self.flush()
-        self._hosted.mutate("end_span", span_id, status, message)
+        self.hosted.mutate("end_span", span_id, status, message)
 
     # ---- reading: this client's own appends first -------------------------------------------
 
     def _read(self, method: str, *args: Any) -> Any:
         self.flush()
-        return self._hosted.call(method, *args)
+        return self.hosted.call(method, *args)
 
     def events(self) -> list[Event]:
         """Every event the ring still holds, oldest first."""
@@ -422,7 +422,7 @@ class RayEventLog:
         """For the owner: flush, close the hosted log (journal drained, segment removed)
         and end the actor."""
         self.close()
-        self._hosted.close_host()
+        self.hosted.close_host()
 
     def __enter__(self) -> RayEventLog:
         return self

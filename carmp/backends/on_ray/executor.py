@@ -55,14 +55,14 @@ from carmp.pool.tasks import (
 
 if TYPE_CHECKING:
     from carmp.backends.base import WorkerOptions
-    from carmp.runtime.infra import SharedInfra
+    from carmp.backends.on_ray.world import RayInfra
 
 PIPELINE = 2                 # calls in flight per actor: the one it runs, the next behind it
 QUEUE_BELOW = 0.005          # a call waits behind another only when tasks take less than this
 KILL_POLL = 0.02             # how often timeouts and kills are checked while some are due
 START_FAILURES_TO_BREAK = 3  # actors in a row that die before they are ready break the farm
 STOP_WAIT = 10.0             # how long stop() waits for killed actors to be reported dead
-KILL_REASONS = {"timeout": "task timeout", "cancel": "task cancelled", "retire": "retired"}
+KILL_REASONS = {"timeout": "task timeout", "cancel": "task cancelled"}
 
 
 @dataclass(slots=True, eq=False)
@@ -96,7 +96,7 @@ class _Worker:
 
 
 class RayExecutor(TaskBook):
-    def __init__(self, ray: ModuleType, options: WorkerOptions, infra: SharedInfra) -> None:
+    def __init__(self, ray: ModuleType, options: WorkerOptions, infra: RayInfra) -> None:
         super().__init__(options.run_id, infra.log, options.task_events)
         self.ray = ray
         self.infra = infra
@@ -130,7 +130,9 @@ class RayExecutor(TaskBook):
         worker.calls.append(call)
         call.future.add_done_callback(lambda _: self.completions.put((worker, call)))
 
-    def kill(self, worker: _Worker, reason: tuple[str, int]) -> None:
+    def kill(self, worker: _Worker, reason: tuple[str, int] | None = None) -> None:
+        """End the worker's actor; `reason` (a KILL_REASONS key and the task id) charges
+        the task it runs when its death is seen."""
         worker.kill_reason = reason
         with contextlib.suppress(Exception):  # already gone
             self.ray.kill(worker.actor, no_restart=True)
@@ -230,9 +232,9 @@ class RayExecutor(TaskBook):
                 self.on_death(worker, exc)
                 return
             except self.ray.exceptions.RayError as exc:  # Ray lost the answer
-                if call.task is None:
-                    self.kill(worker, ("retire", 0))
+                if call.task is None:  # a worker that cannot say it is ready is replaced
                     self.on_death(worker, exc)
+                    self.kill(worker)
                     return
                 answer = "lost", exc
             worker.calls.popleft()
@@ -254,7 +256,7 @@ class RayExecutor(TaskBook):
         self.counts["recycled"] += 1
         self.emit("worker_recycled", slot=worker.slot, pid=worker.pid,
                   reason=f"max_tasks_per_worker={self.max_tasks_per_worker} reached")
-        self.kill(worker, ("retire", 0))
+        self.kill(worker)
         worker.dead = True
         self.release_leases(worker)
         self.replace(worker)
@@ -349,11 +351,8 @@ class RayExecutor(TaskBook):
                 worker.pid, None, task.task_id, f"(Ray: {type(cause).__name__})"), worker.pid)
 
     def release_leases(self, worker: _Worker) -> None:
-        release_holder = getattr(self.infra.budget, "release_holder", None)
-        if release_holder is None:
-            return
         try:
-            released = release_holder(worker.actor_id)
+            released = self.infra.budget.release_holder(worker.actor_id)
         except Exception as exc:  # the budget's own trouble must not stop the farm
             self.emit("lease_release_failed", actor_id=worker.actor_id, error=str(exc)[:300])
             return
@@ -375,10 +374,12 @@ class RayExecutor(TaskBook):
                 self.kill(worker, ("timeout", task.task_id))
 
     def flush_events(self) -> None:
-        flush = getattr(self.log, "flush", None)
-        if flush is not None:
-            with contextlib.suppress(Exception):
-                flush()
+        """Send the farm's buffered events (a no-op when there are none); a log that
+        cannot take them costs the events, never the farm."""
+        try:
+            self.infra.log.flush()
+        except Exception:
+            self.counts["events_dropped"] += 1
 
     # ---- cancelling -----------------------------------------------------------------------
 

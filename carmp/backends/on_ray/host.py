@@ -25,6 +25,7 @@ message) by polling with short calls, never by blocking the actor.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import secrets
@@ -78,11 +79,17 @@ class PrimitiveHost:
             close()
 
 
-def start_host(factory: Callable[[], Any], *, what: str, max_restarts: int = -1) -> Any:
-    """A new PrimitiveHost actor (a handle), restarted by Ray when its process dies."""
-    ray = ray_module()
-    actor = ray.remote(num_cpus=0, max_restarts=max_restarts)(PrimitiveHost)
-    return actor.options(name=None).remote(factory)
+def start_host(factory: Callable[[], Any], *, what: str,
+               max_restarts: int = -1) -> HostedClient:
+    """A new PrimitiveHost actor, restarted by Ray when its process dies, and a client of
+    it that names it `what` in its errors."""
+    return HostedClient(_host_class(max_restarts).remote(factory), what)
+
+
+@functools.cache
+def _host_class(max_restarts: int) -> Any:
+    """The actor class, made once per process: Ray exports a class each time it is made."""
+    return ray_module().remote(num_cpus=0, max_restarts=max_restarts)(PrimitiveHost)
 
 
 class HostedClient:

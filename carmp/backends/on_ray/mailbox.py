@@ -124,7 +124,7 @@ def start_mailbox(capacity_per_agent: int = DEFAULT_CAPACITY, *,
     options = {"capacity_per_agent": capacity_per_agent, "max_agents": max_agents,
                "max_message_bytes": max_message_bytes, "queue_bytes": queue_bytes}
     factory = functools.partial(MailboxHost, new_host_id(), options)
-    client = HostedClient(start_host(factory, what=WHAT), WHAT)
+    client = start_host(factory, what=WHAT)
     return RayMailbox(client, f"ray-mailbox-{client.call('actor_id')[:12]}")
 
 

@@ -131,7 +131,7 @@ def start_policies(**options: Any) -> RayPolicySet:
     """A new policy actor holding PolicySet(**options), and its owner's client
     (close_host() ends the actor)."""
     factory = functools.partial(PolicyHost, new_host_id(), options)
-    return RayPolicySet(HostedClient(start_host(factory, what=WHAT), WHAT))
+    return RayPolicySet(start_host(factory, what=WHAT))
 
 
 class RayPolicySet:
@@ -139,7 +139,7 @@ class RayPolicySet:
     actor handle (an empty rule cache on the other side), so it travels to workers."""
 
     def __init__(self, hosted: HostedClient, settings: dict[str, Any] | None = None) -> None:
-        self._hosted = hosted
+        self.hosted = hosted
         self._settings = hosted.call("settings") if settings is None else settings
         self.call_counters: int = self._settings["call_counters"]
         self.name = f"ray-policies-{self._settings['actor_id'][:12]}"
@@ -147,7 +147,7 @@ class RayPolicySet:
         self._copy: tuple[Version | None, _Rules] = (None, _Rules(-1, (), {}))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (RayPolicySet, (self._hosted, self._settings))
+        return (RayPolicySet, (self.hosted, self._settings))
 
     def __repr__(self) -> str:
         return f"<RayPolicySet {self.name}>"
@@ -158,7 +158,7 @@ class RayPolicySet:
         """This client's copy of the rules, fetched again when the actor's version
         moved, and the counter words of `tool`'s max_calls rules."""
         seen, rules = self._copy
-        version, entries, words = self._hosted.call("rules_since", seen, tool)
+        version, entries, words = self.hosted.call("rules_since", seen, tool)
         if entries is not None:
             rules = compile_rules(version[1], entries, self.call_counters)
             self._copy = (version, rules)
@@ -172,7 +172,7 @@ class RayPolicySet:
     def claim(self, action: PolicyAction) -> list[PolicyViolation]:
         """Count one call of the action's tool against its max_calls rules, in the actor
         (all or nothing); the refusing rules, or []."""
-        found: list[PolicyViolation] = self._hosted.mutate("claim", action.id, action.tool)
+        found: list[PolicyViolation] = self.hosted.mutate("claim", action.id, action.tool)
         return found
 
     def rules(self) -> list[Rule]:
@@ -180,49 +180,49 @@ class RayPolicySet:
 
     @property
     def version(self) -> int:
-        version: int = self._hosted.call("version")
+        version: int = self.hosted.call("version")
         return version
 
     def denied_tools(self) -> list[str]:
-        tools: list[str] = self._hosted.call("denied_tools")
+        tools: list[str] = self.hosted.call("denied_tools")
         return tools
 
     def calls(self, rule_or_tool: str) -> int:
-        calls: int = self._hosted.call("calls", rule_or_tool)
+        calls: int = self.hosted.call("calls", rule_or_tool)
         return calls
 
     def statistics(self) -> PolicyStatistics:
-        statistics: PolicyStatistics = self._hosted.call("statistics")
+        statistics: PolicyStatistics = self.hosted.call("statistics")
         return statistics
 
     # ---- changes, applied once by the actor -------------------------------------------------
 
     def add(self, rule: Rule) -> Rule:
-        added: Rule = self._hosted.mutate("add", rule)
+        added: Rule = self.hosted.mutate("add", rule)
         return added
 
     def remove(self, name: str) -> int:
-        removed: int = self._hosted.mutate("remove", name)
+        removed: int = self.hosted.mutate("remove", name)
         return removed
 
     def add_deny_tool(self, name: str, tool: str, description: str = "") -> Rule:
-        added: Rule = self._hosted.mutate("add_deny_tool", name, tool, description)
+        added: Rule = self.hosted.mutate("add_deny_tool", name, tool, description)
         return added
 
     def add_deny_tool_param(self, name: str, tool: str, key: str, pattern: str, *,
                             regex: bool = False, description: str = "") -> Rule:
-        added: Rule = self._hosted.mutate("add_deny_tool_param", name, tool, key, pattern,
+        added: Rule = self.hosted.mutate("add_deny_tool_param", name, tool, key, pattern,
                                           regex=regex, description=description)
         return added
 
     def add_require_state(self, name: str, key: str, value: Any = ANY_VALUE, *,
                           tool: str | None = None, description: str = "") -> Rule:
-        added: Rule = self._hosted.mutate("add_require_state", name, key, value, tool=tool,
+        added: Rule = self.hosted.mutate("add_require_state", name, key, value, tool=tool,
                                           description=description)
         return added
 
     def add_max_calls(self, name: str, tool: str, limit: int, description: str = "") -> Rule:
-        added: Rule = self._hosted.mutate("add_max_calls", name, tool, limit, description)
+        added: Rule = self.hosted.mutate("add_max_calls", name, tool, limit, description)
         return added
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class RayPolicySet:
 
     def close_host(self) -> None:
         """For the owner: close the hosted set (its segment removed) and end the actor."""
-        self._hosted.close_host()
+        self.hosted.close_host()
 
     def __enter__(self) -> RayPolicySet:
         return self

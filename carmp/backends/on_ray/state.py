@@ -331,9 +331,9 @@ def start_state(journal_dir: str, *, shards: int = 1, **store_options: Any) -> R
         raise ValueError(f"shards must be an int >= 1, got {shards!r}")
     journal_dir = os.path.abspath(journal_dir)
     os.makedirs(journal_dir, exist_ok=True)
-    clients = [HostedClient(start_host(functools.partial(
+    clients = [start_host(functools.partial(
         StateShard, journal=os.path.join(journal_dir, f"state-{i}.journal"), **store_options),
-        what=f"state shard {i}"), f"state shard {i}") for i in range(shards)]
+        what=f"state shard {i}") for i in range(shards)]
     try:
         limits = clients[0].call("limits")
     except BaseException:
@@ -345,7 +345,7 @@ def start_state(journal_dir: str, *, shards: int = 1, **store_options: Any) -> R
 
 class RayStateStore(StateStore):
     """The StateStore surface over StateShard actors (see the module docstring). It does
-    not own the actors: close() is a no-op, close_hosts() is the owner's shutdown."""
+    not own the actors: close() is a no-op, close_host() is the owner's shutdown."""
 
     def __init__(self, shards: list[HostedClient], limits: tuple[int, int, int, int, int],
                  journal_dir: str | None) -> None:
@@ -372,7 +372,7 @@ class RayStateStore(StateStore):
     def close(self) -> None:
         """Nothing to let go: the actors belong to whoever called start_state."""
 
-    def close_hosts(self) -> None:
+    def close_host(self) -> None:
         """Close every shard (its segment and journal) and end its actor."""
         for shard in self._shards:
             shard.close_host()

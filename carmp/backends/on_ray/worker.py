@@ -28,14 +28,14 @@ from carmp.pool.worker import (
 )
 
 if TYPE_CHECKING:
-    from carmp.runtime.infra import SharedInfra
+    from carmp.backends.on_ray.world import RayInfra
 
 
 class FarmWorker:
     """The actor body. __init__ runs the farm's initializer; ready() reports whether it
     failed, which breaks the farm as it does locally."""
 
-    def __init__(self, slot: int, generation: int, infra: SharedInfra,
+    def __init__(self, slot: int, generation: int, infra: RayInfra,
                  initializer: bytes | None, task_events: bool) -> None:
         self.infra = infra
         self.slot = slot
@@ -72,7 +72,10 @@ class FarmWorker:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: they are the task's
             return "error", pickled_error(exc)
         finally:
-            self._flush_events()
+            # the task's events leave with its result, in one batch; a log that cannot
+            # take them costs the events, not the task
+            with contextlib.suppress(CarmpError):
+                self.infra.log.flush()
         try:
             return "result", cloudpickle.dumps(result)
         except BaseException as exc:
@@ -82,11 +85,6 @@ class FarmWorker:
     def forget(self, function_id: int) -> None:
         self.functions.pop(function_id, None)
 
-    def _flush_events(self) -> None:
-        """The task's events leave with its result, in one batch."""
-        flush = getattr(self.infra.log, "flush", None)
-        if flush is not None:
-            flush()
 
 
 def _unpickled(data: bytes, what: str) -> Any:

@@ -105,7 +105,4 @@ def open_world(journal_dir: str, *, limits: BudgetLimits | None = None,
 def end_actors(parts: list[Any]) -> None:
     """End the actors of these world parts, last started first."""
     for part in reversed(parts):
-        if isinstance(part, RayStateStore):
-            part.close_hosts()
-        else:
-            part.close_host()
+        part.close_host()

@@ -17,7 +17,7 @@ def actor_pid(client: Any) -> int:
     """The pid of the actor process a client (RayEventLog, RayPolicySet, ...) talks to."""
     import ray
 
-    pid: int = ray.get(client._hosted.handle.pid.remote())
+    pid: int = ray.get(client.hosted.handle.pid.remote())
     return pid
 
 
@@ -25,8 +25,8 @@ def world_pids(infra: Any) -> list[int]:
     """The pids of the actors that host a RayInfra's state shards, log, budget and policies."""
     import ray
 
-    clients = [*infra.state._shards, infra.log._hosted, infra.budget.hosted,
-               infra._policy_set._hosted]
+    clients = [*infra.state._shards, infra.log.hosted, infra.budget.hosted,
+               infra._policy_set.hosted]
     return [int(pid) for pid in ray.get([client.handle.pid.remote() for client in clients])]
 
 

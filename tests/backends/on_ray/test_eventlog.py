@@ -29,12 +29,12 @@ def log(ray_session: Any) -> Iterator[RayEventLog]:
 
 def batches_received(log: RayEventLog) -> int:
     """Asked past the client, so that asking does not flush its buffer."""
-    counts: dict[str, int] = log._hosted.call("batch_counts")
+    counts: dict[str, int] = log.hosted.call("batch_counts")
     return counts["batches"]
 
 
 def appended(log: RayEventLog) -> int:
-    length: int = log._hosted.call("length")
+    length: int = log.hosted.call("length")
     return length
 
 
@@ -62,7 +62,7 @@ def test_appends_reach_the_actor_in_few_batches(ray_session: Any) -> None:
             log.append("tick", data={"i": i})
         assert batches_received(log) == 3  # 768 sent, 232 still buffered
         log.flush()
-        assert log._hosted.call("batch_counts") == {"batches": 4, "events": 1000}
+        assert log.hosted.call("batch_counts") == {"batches": 4, "events": 1000}
         assert len(log) == 1000
     finally:
         log.close_host()
@@ -104,7 +104,7 @@ class ResendingClient(HostedClient):
 
 
 def test_a_resent_batch_is_appended_once(log: RayEventLog) -> None:
-    resending = RayEventLog(ResendingClient(log._hosted.handle, "event log"))
+    resending = RayEventLog(ResendingClient(log.hosted.handle, "event log"))
     events = [resending.append("once", data={"i": i}) for i in range(5)]
     resending.flush()
     assert [e.seq for e in events] == [0, 1, 2, 3, 4]

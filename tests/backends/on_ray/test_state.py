@@ -27,7 +27,7 @@ pytestmark = pytest.mark.ray
 def store(request: pytest.FixtureRequest, ray_session: Any, tmp_path: Path) -> Iterator[Any]:
     state = start_state(str(tmp_path / "journals"), shards=request.param)
     yield state
-    state.close_hosts()
+    state.close_host()
 
 
 def keys_on_distinct_shards(shards: int, count: int) -> list[str]:
@@ -100,7 +100,7 @@ def test_a_full_shard_raises_state_full(ray_session: Any, tmp_path: Path) -> Non
             for number in range(32):
                 state.set(f"k{number}", number, "fill")
     finally:
-        state.close_hosts()
+        state.close_host()
 
 
 def test_compare_and_set_and_update(store: Any) -> None:
@@ -171,7 +171,7 @@ def test_a_cross_shard_batch_with_one_stale_version_applies_nothing(ray_session:
                            abort_on_change=True).applied
         assert state.snapshot() == dict.fromkeys(keys, 2)
     finally:
-        state.close_hosts()
+        state.close_host()
 
 
 def test_transitions_hide_the_bookkeeping_and_statistics_sum_the_shards(store: Any) -> None:
@@ -309,10 +309,10 @@ def test_a_resent_mutation_is_not_applied_twice_after_a_restart(ray_session: Any
         assert fresh[0] and not fresh[1].applied  # a new key is a new mutation
         assert "carmp.shard/idem/w0" not in state.keys()
     finally:
-        state.close_hosts()
+        state.close_host()
 
 
-def test_close_hosts_leaves_no_actor_processes_or_segments(ray_session: Any,
+def test_close_host_leaves_no_actor_processes_or_segments(ray_session: Any,
                                                              tmp_path: Path) -> None:
     state = start_state(str(tmp_path), shards=3)
     state.set("k", 1, "w")
@@ -320,7 +320,7 @@ def test_close_hosts_leaves_no_actor_processes_or_segments(ray_session: Any,
     names = [name for name in list_segment_names()
              if (header := peek_header(name)) is not None and header.creator_pid in pids]
     assert len(names) == 3
-    state.close_hosts()
+    state.close_host()
     gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids
                                      if psutil.pid_exists(pid)], timeout=30)
     assert alive == []
@@ -345,4 +345,4 @@ def test_a_prepared_lock_of_a_vanished_client_lapses(ray_session: Any, tmp_path:
         assert late == (True, "lost")
         assert state.get("k") == 2
     finally:
-        state.close_hosts()
+        state.close_host()
