@@ -91,6 +91,8 @@ class Executor(Protocol):
 
     def statistics(self) -> FarmStatistics: ...
 
+    def worker_pids(self) -> list[int]: ...
+
 
 class Backend:
     """A place to run a farm. Subclasses fill in the capabilities and the three hooks."""

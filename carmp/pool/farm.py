@@ -436,6 +436,11 @@ class Farm:
     def statistics(self) -> FarmStatistics:
         return self._supervisor.statistics()
 
+    def worker_pids(self) -> list[int]:
+        """The pids of the workers ready to run tasks now, for monitoring and for chaos
+        tests (on Ray, each actor's pid on its own node)."""
+        return self._supervisor.worker_pids()
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
                  timeout: float | None = None) -> None:
         """Stop the farm. wait=True lets submitted work finish (at most `timeout` seconds);

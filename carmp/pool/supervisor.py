@@ -566,6 +566,10 @@ class Supervisor(TaskBook):
             os.close(fd)
         self.dispatch.close()
 
+    def worker_pids(self) -> list[int]:
+        with self.lock:
+            return [s.pid for s in self.states if s.ready and not s.exited]
+
     def statistics(self) -> FarmStatistics:
         with self.lock:
             if self.final_statistics is not None:

@@ -721,13 +721,15 @@ class CoordinationBudget:
         )
 
     def ledger(self) -> dict[str, tuple[int, ...]]:
-        """Raw counters per dimension (input, output, total, cost micro-USD), for audits."""
+        """Raw counters per dimension (input, output, total, cost micro-USD), for audits:
+        read under the lock, so reserved, granted and refunded are of one instant."""
         load = self._region.load
-        return {
-            name: tuple(load(offset + 8 * i) for i in range(4))
-            for name, offset in (("limits", LIMITS), ("spent", SPENT), ("reserved", RESERVED),
-                                 ("granted", GRANTED), ("refunded", REFUNDED))
-        }
+        with self._lock:
+            return {
+                name: tuple(load(offset + 8 * i) for i in range(4))
+                for name, offset in (("limits", LIMITS), ("spent", SPENT), ("reserved", RESERVED),
+                                     ("granted", GRANTED), ("refunded", REFUNDED))
+            }
 
 
 def _attach_recording(name: str, events: str | None) -> CoordinationBudget:

@@ -71,14 +71,11 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 
 def worker_pids(farm: Farm) -> list[int]:
-    """The pids of the farm's workers, once each has started."""
+    """The pids of the farm's workers, once each is ready."""
     deadline = time.monotonic() + WAIT
-    while farm.statistics().alive < farm.workers and time.monotonic() < deadline:
+    while len(farm.worker_pids()) < farm.workers and time.monotonic() < deadline:
         time.sleep(0.01)
-    executor: Any = farm._supervisor
-    if farm.backend.capabilities.shared_memory:
-        return [state.pid for state in executor.states]
-    return [worker.pid for worker in executor.workers]
+    return farm.worker_pids()
 
 
 def assert_serving(farm: Farm) -> None:
@@ -157,6 +154,12 @@ def test_two_tasks_that_wait_for_each_other_run_at_once(flavor: str, tmp_path: A
 def test_current_worker_inside_a_task(farm: Farm) -> None:
     pids = {pid for pid, slot in farm.map(lambda _: tasks.whoami(), range(50))}
     assert pids and os.getpid() not in pids
+
+
+def test_worker_pids_are_the_processes_that_run_tasks(farm: Farm) -> None:
+    ready = set(worker_pids(farm))
+    assert len(ready) == farm.workers
+    assert {pid for pid, slot in farm.map(lambda _: tasks.whoami(), range(50))} <= ready
 
 
 # ---- errors come home typed, with the remote traceback (R1, R9) -----------------------------
@@ -255,7 +258,7 @@ def test_sigkill_random_workers_while_10k_tasks_run(start_method: str) -> None:
             # every few ms a worker that finished starting dies (one still starting cannot
             # run anything, so killing it only slows the test)
             while not stop.wait(rng.uniform(0.002, 0.01)):
-                ready = [s.pid for s in farm._supervisor.states if s.ready and not s.exited]
+                ready = farm.worker_pids()
                 if ready:
                     try:
                         os.kill(rng.choice(ready), signal.SIGKILL)

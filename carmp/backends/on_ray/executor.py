@@ -437,6 +437,10 @@ class RayExecutor(TaskBook):
         with contextlib.suppress(Exception):
             self.ray.wait(probes, num_returns=len(probes), timeout=STOP_WAIT)
 
+    def worker_pids(self) -> list[int]:
+        with self.lock:
+            return [w.pid for w in self.workers if w.ready and not w.dead]
+
     def statistics(self) -> FarmStatistics:
         with self.lock:
             if self.final_statistics is not None:
