@@ -11,7 +11,7 @@ CFLAGS_TEST := -std=c11 -Wall -Wextra -Werror -g -O1 -pthread $(SANITIZE)
 PYTEST_WORKERS ?= auto
 BENCH_RESULTS := budget state eventlog pool farm
 
-.PHONY: demo test native-test py-test typecheck bench bench-latest clean cleanup
+.PHONY: demo test native-test py-test typecheck bench bench-latest soak clean cleanup
 
 $(VENV)/.installed: pyproject.toml setup.py $(NATIVE_SRC) $(NATIVE_HDR) $(BINDING_SRC)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ bench-latest:
 	{ echo "# carmp benchmarks: the latest result of each bench/ script"; \
 	  for name in $(BENCH_RESULTS); do echo; cat bench/results/$$name.md; done; \
 	} > bench/results/latest.md
+
+# randomized chaos rounds for minutes, not part of `make test`: `make soak SOAK_ROUNDS=1000`;
+# fails on any broken promise or a growing supervisor, and writes its summary table
+SOAK_ROUNDS ?= 300
+soak: $(VENV)/.installed
+	$(PY) -m tests.chaos.soak --rounds $(SOAK_ROUNDS) --out bench/results/soak.md
 
 cleanup: $(VENV)/.installed
 	$(PY) -c "import carmp; [print('removed', s.name, '-', s.reason) for s in carmp.sweep()]"

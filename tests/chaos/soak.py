@@ -37,11 +37,16 @@ def random_config(rng: random.Random, seed: int) -> ChaosConfig:
         mean_kill_interval=rng.uniform(0.03, 0.3), seed=seed)
 
 
+def settled_rss(rss_mib: list[float]) -> float:
+    """The RSS once the warm-up rounds are over (imports done, caches filled)."""
+    return rss_mib[min(WARM_UP_ROUNDS, len(rss_mib)) - 1]
+
+
 def summary(reports: list[RoundReport], rss_mib: list[float], seconds: float) -> list[str]:
     failures: collections.Counter[str] = collections.Counter()
     for report in reports:
         failures.update(report.failures)
-    settled = rss_mib[min(WARM_UP_ROUNDS, len(rss_mib) - 1)]
+    settled = settled_rss(rss_mib)
     rows = [
         ("rounds", len(reports)),
         ("rounds with a violation", sum(1 for r in reports if r.violations)),
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{config.workers}w {report.agents} agents, {report.kills} kills, "
               f"{report.succeeded} ok, rss {rss_mib[-1]:.1f} MiB: {status}", flush=True)
     table = summary(reports, rss_mib, time.perf_counter() - began)
-    growth = (rss_mib[-1] - rss_mib[min(WARM_UP_ROUNDS, len(rss_mib) - 1)]) * 2**20
+    growth = (rss_mib[-1] - settled_rss(rss_mib)) * 2**20
     verdict = []
     if any(r.violations for r in reports):
         verdict.append("some rounds broke a promise (see above)")
