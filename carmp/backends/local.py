@@ -10,10 +10,14 @@ from multiprocess import forkserver
 from carmp.backends.base import Backend, Capabilities, WorkerOptions, WorldOptions
 from carmp.pool.supervisor import Supervisor, sigint_ignored
 from carmp.runtime.infra import SharedInfra
+from carmp.shared import budget as budget_segment
+from carmp.shared import eventlog as eventlog_segment
+from carmp.shared import policy as policy_segment
+from carmp.shared import state as state_segment
 from carmp.shared.budget import BudgetLimits, CoordinationBudget
 from carmp.shared.eventlog import EventLog
 from carmp.shared.mailbox import Mailbox
-from carmp.shared.segment import sweep
+from carmp.shared.segment import check_planned_space, sweep
 
 START_METHODS = ("fork", "forkserver", "spawn")
 
@@ -31,6 +35,8 @@ class LocalBackend(Backend):
 
     def open_world(self, options: WorldOptions) -> tuple[SharedInfra, list[Any]]:
         sweep()  # segments of dead runs go before this run adds its own
+        # all of the world fits in /dev/shm, or none of it is made (and no process started)
+        check_planned_space(_planned_world(options))
         context = multiprocess.get_context(self.start_method)
         if self.start_method == "forkserver":
             context.set_forkserver_preload(["carmp.pool.worker"])
@@ -69,3 +75,16 @@ class LocalBackend(Backend):
 
     def describe(self) -> str:
         return self.start_method
+
+
+def _planned_world(options: WorldOptions) -> dict[str, int]:
+    """The segments open_world will create (what -> bytes): the parts not passed in."""
+    planned = {}
+    if options.state is None:
+        planned["state"] = state_segment.segment_size()
+    if options.log is None:
+        planned["event log"] = eventlog_segment.segment_size()
+    if not isinstance(options.budget, CoordinationBudget):
+        planned["budget"] = budget_segment.segment_size()
+    planned["policy set"] = policy_segment.segment_size()
+    return planned

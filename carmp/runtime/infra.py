@@ -31,13 +31,17 @@ class SharedInfra:
                  *, run_id: str | None = None) -> None:
         # the parts this handle made itself, and so closes
         self._owned: list[Any] = []
-        self.state = state if state is not None else self._own(StateStore(run_id=run_id))
-        self.log = log if log is not None else self._own(EventLog(run_id=run_id))
-        self.budget = budget if budget is not None else self._own(
-            CoordinationBudget(BudgetLimits(), run_id=run_id))
-        self.budget.record_events_in(self.log)  # every grant, denial and refund is an event
-        self._policy_set = policies if policies is not None else self._own(
-            PolicySet(run_id=run_id))
+        try:
+            self.state = state if state is not None else self._own(StateStore(run_id=run_id))
+            self.log = log if log is not None else self._own(EventLog(run_id=run_id))
+            self.budget = budget if budget is not None else self._own(
+                CoordinationBudget(BudgetLimits(), run_id=run_id))
+            self.budget.record_events_in(self.log)  # every grant, denial and refund is an event
+            self._policy_set = policies if policies is not None else self._own(
+                PolicySet(run_id=run_id))
+        except BaseException:  # a part that did not fit (SharedMemoryFull): none stays behind
+            self.close()
+            raise
         self.policies = PolicyEngine(self._policy_set)
 
     def _own(self, part: Any) -> Any:

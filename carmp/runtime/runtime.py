@@ -57,7 +57,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from carmp.errors import InvalidProposal, TerminalToolError
+from carmp.errors import EventTooLarge, InvalidProposal, TerminalToolError
 from carmp.runtime.actions import (
     Action,
     ActionResult,
@@ -157,8 +157,8 @@ class Runtime:
             except InvalidProposal as bad:
                 self._reject(bad)
                 raise
-        self.log.append(EventKind.PROPOSAL_RECEIVED, proposal_id=proposal.id,
-                        data={"actions": len(proposal.actions)})
+        _append_fitting(self.log, EventKind.PROPOSAL_RECEIVED, None, proposal.id,
+                       {"actions": len(proposal.actions)})
         return _Execution(self, proposal, self._plan(proposal)).run()
 
     def _plan(self, proposal: Proposal) -> Plan:
@@ -191,8 +191,8 @@ class Runtime:
 
     def _reject(self, bad: InvalidProposal) -> None:
         for action_id, reason in bad.problems:
-            self.log.append(EventKind.ACTION_REJECTED, action_id=action_id,
-                            proposal_id=bad.proposal_id, data={"reason": reason})
+            _append_fitting(self.log, EventKind.ACTION_REJECTED, action_id, bad.proposal_id,
+                           {"reason": reason})
 
     def close(self) -> None:
         """Close the store and log this runtime made itself; shared ones stay open."""
@@ -223,8 +223,7 @@ class _Execution:
         self.overlay_note = {} if overlay is None else {"overlay": overlay}
 
     def log(self, kind: EventKind, action: Action, **data: Any) -> None:
-        self.runtime.log.append(kind, action_id=action.id, proposal_id=self.proposal.id,
-                                data=data)
+        _append_fitting(self.runtime.log, kind, action.id, self.proposal.id, data)
 
     def run(self) -> ProposalResult:
         try:
@@ -243,11 +242,10 @@ class _Execution:
 
     def roll_back(self, culprit: Action | None) -> Rollback:
         rollback = self.writes.rollback()
-        self.runtime.log.append(EventKind.STATE_ROLLBACK, proposal_id=self.proposal.id,
-                                action_id=None if culprit is None else culprit.id,
-                                data={"restored": list(rollback.restored),
-                                      "conflicts": list(rollback.conflicts),
-                                      **self.overlay_note})
+        _append_fitting(self.runtime.log, EventKind.STATE_ROLLBACK,
+                       None if culprit is None else culprit.id, self.proposal.id,
+                       {"restored": list(rollback.restored),
+                        "conflicts": list(rollback.conflicts), **self.overlay_note})
         return rollback
 
     def run_levels(self) -> tuple[Action, str] | None:
@@ -420,6 +418,27 @@ class _Execution:
                 raise _Failure(f"could not write state key {key!r}: {exc}") from None
             self.log(EventKind.STATE_CHANGED, action, key=key, **self.overlay_note)
 
+
+
+def _append_fitting(log: EventLog, kind: EventKind, action_id: str | None,
+                   proposal_id: str | None, data: dict[str, Any]) -> None:
+    """Append a runtime event whose texts come from the proposal or a tool (ids, a
+    rejection reason, a tool's error message) and so may be of any length: cut to fit the
+    log's max_event_size, so that neither InvalidProposal nor a failed action turns into
+    EventTooLarge, and the event is never lost."""
+    try:
+        log.append(kind, action_id=action_id, proposal_id=proposal_id, data=data)
+    except EventTooLarge:
+        room = max(16, log.max_event_size // 16)  # characters per text: several fit
+        log.append(kind, action_id=_cut(action_id, room), proposal_id=_cut(proposal_id, room),
+                   data={name: _cut(value, room) for name, value in data.items()})
+
+
+def _cut(value: Any, room: int) -> Any:
+    """A long string shortened to `room` characters and a note of its length."""
+    if not isinstance(value, str) or len(value) <= room:
+        return value
+    return f"{value[:room]}... ({len(value)} characters)"
 
 
 def _unquoted(exc: LookupError) -> str:

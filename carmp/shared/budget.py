@@ -97,6 +97,12 @@ SLOT_SIZE = 64
 _SLOT_ID, _SLOT_PID, _SLOT_START, _SLOT_ESTIMATE, _SLOT_GRANTED_AT = 0, 8, 16, 24, 56
 
 
+def segment_size(lease_slots: int = DEFAULT_LEASE_SLOTS) -> int:
+    """The /dev/shm bytes (header included) of a budget with this many lease slots, so a
+    world can check that all its segments fit before it creates any."""
+    return LEASES + SLOT_SIZE * lease_slots
+
+
 def usd_to_micros(cost_usd: float) -> int:
     if (isinstance(cost_usd, bool) or not isinstance(cost_usd, (int, float))
             or not math.isfinite(cost_usd) or cost_usd < 0):
@@ -362,7 +368,7 @@ class CoordinationBudget:
                 raise InvalidBudget(f"limits must be BudgetLimits, got {type(limits).__name__}")
             if not isinstance(lease_slots, int) or lease_slots < 1:
                 raise InvalidBudget(f"lease_slots must be an int >= 1, got {lease_slots!r}")
-            size = LEASES - HEADER_SIZE + SLOT_SIZE * lease_slots
+            size = segment_size(lease_slots) - HEADER_SIZE
             _segment = Segment.create(KIND, size, layout_version=LAYOUT_VERSION, run_id=run_id)
             self._bind(_segment)
             self._initialize(limits, lease_slots)
@@ -523,11 +529,11 @@ class CoordinationBudget:
                     "leases first, or create the budget with more lease_slots"
                 )
             lease = self._grant(slot, words, estimate)
-        except ReservationDenied as exc:
+        except (ReservationDenied, LeaseTableFull) as exc:
             self._lock.release()
             self._emit_refunds(refunds)
-            self._emit("budget_denied", gate="reserve", reason=exc.reason,
-                       estimate=list(words))
+            self._emit("budget_denied", gate="reserve", estimate=list(words),
+                       reason=exc.reason if isinstance(exc, ReservationDenied) else "lease table full")
             raise
         except BaseException:
             self._lock.release()

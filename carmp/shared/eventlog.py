@@ -126,6 +126,20 @@ def _refresh_pid() -> None:
 os.register_at_fork(after_in_child=_refresh_pid)
 
 
+def segment_size(capacity: int = DEFAULT_CAPACITY, *,
+                 max_readers: int = DEFAULT_MAX_READERS) -> int:
+    """The /dev/shm bytes (header included) of a log of this capacity, so a world can check
+    that all its segments fit before it creates any."""
+    return _RING + _ring_geometry(capacity, max_readers)[2]
+
+
+def _ring_geometry(capacity: int, max_readers: int) -> tuple[int, int, int]:
+    """The ring's data capacity (a power of two), descriptor slots and bytes."""
+    capacity = _power_of_two_at_least(capacity)
+    slots = _power_of_two_at_least(max(capacity // BYTES_PER_DESCRIPTOR, 64))
+    return capacity, slots, _native.ring_size(capacity, slots, max_readers)
+
+
 def _power_of_two_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -360,9 +374,7 @@ class EventLog:
         last, cut_short = journal_tail(journal) if journal is not None else (None, False)
         if last is not None:
             _first_seq = last.seq + 1  # continue the journal's numbering and chain
-        capacity = _power_of_two_at_least(capacity)
-        slots = _power_of_two_at_least(max(capacity // BYTES_PER_DESCRIPTOR, 64))
-        ring_bytes = _native.ring_size(capacity, slots, max_readers)
+        capacity, slots, ring_bytes = _ring_geometry(capacity, max_readers)
         segment = Segment.create(KIND, _RING - HEADER_SIZE + ring_bytes,
                                  layout_version=LAYOUT_VERSION, run_id=run_id)
         try:

@@ -155,6 +155,17 @@ class PolicyViolation:
 # ---- rules ----------------------------------------------------------------------------------
 
 
+def segment_size(capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
+                 call_counters: int = DEFAULT_CALL_COUNTERS) -> int:
+    """The /dev/shm bytes (header included) of a policy set of this geometry, so a world
+    can check that all its segments fit before it creates any."""
+    return COUNTERS + 8 * call_counters + 2 * _whole_words(capacity_bytes)
+
+
+def _whole_words(size: int) -> int:
+    return (size + 7) // 8 * 8
+
+
 def _text(what: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidPolicy(f"{what} must be a non-empty str, got {value!r}")
@@ -398,8 +409,8 @@ class PolicySet:
                                  ("call_counters", call_counters, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidPolicy(f"{what} must be an int >= {low}, got {value!r}")
-        capacity = (capacity_bytes + 7) // 8 * 8
-        size = COUNTERS - HEADER_SIZE + 8 * call_counters + 2 * capacity
+        capacity = _whole_words(capacity_bytes)
+        size = segment_size(capacity_bytes, call_counters) - HEADER_SIZE
         segment = Segment.create(KIND, size, layout_version=LAYOUT_VERSION, run_id=run_id)
         try:
             region = segment.region

@@ -113,7 +113,14 @@ class SegmentHeader:
         )
 
 
-def _check_free_space(size: int) -> None:
+def check_planned_space(planned: dict[str, int]) -> None:
+    """Refuse a group of segments (what -> bytes, headers included) that would not all fit,
+    before any of them is created, so a too-small /dev/shm never leaves part of a world."""
+    parts = ", ".join(f"{what} {size // 1024} KiB" for what, size in planned.items())
+    _check_free_space(sum(planned.values()), f"the planned segments ({parts}) need")
+
+
+def _check_free_space(size: int, what: str = "a carmp segment needs") -> None:
     try:
         stats = os.statvfs(SHM_DIR)
     except OSError:
@@ -121,7 +128,7 @@ def _check_free_space(size: int) -> None:
     free = stats.f_bavail * stats.f_frsize
     if free < size + SHM_HEADROOM:
         raise SharedMemoryFull(
-            f"{SHM_DIR} has {free // 1024} KiB free but a carmp segment needs "
+            f"{SHM_DIR} has {free // 1024} KiB free but {what} "
             f"{(size + SHM_HEADROOM) // 1024} KiB (with headroom); remove dead runs with "
             f"`carmp cleanup`, choose smaller capacities, or enlarge {SHM_DIR} "
             "(mount -o remount,size=... or docker --shm-size)"

@@ -197,7 +197,7 @@ class StateStore:
                              transition_log_bytes)
         path = None if journal is None else os.path.abspath(os.fspath(journal))
         replayed = replay_journal(path) if path is not None and os.path.exists(path) else {}
-        size = TABLE - HEADER_SIZE + _native.table_size(*geometry)
+        size = _table_segment_size(geometry) - HEADER_SIZE
         segment = Segment.create(KIND, size, layout_version=LAYOUT_VERSION, run_id=run_id)
         try:
             _native.table_init(segment.region, TABLE, *geometry)
@@ -585,7 +585,8 @@ class StateStore:
             self.check_key(key)
             if data is not None and len(data) > self.max_value_bytes:
                 raise ValueTooLarge(f"the value for state key {key!r} is {len(data)} bytes, "
-                                    f"over max_value_bytes={self.max_value_bytes}")
+                                    f"over max_value_bytes={self.max_value_bytes}; create the "
+                                    "store with a larger max_value_bytes to load it")
         try:
             self._table.replace(items, time.time_ns(), transition_count)
         except BufferError as exc:
@@ -628,6 +629,21 @@ def _geometry(max_keys: int, capacity_bytes: int, max_key_bytes: int, max_value_
         raise ValueError("max_keys is at most 2**30, max_key_bytes 2**20, max_value_bytes 2**31")
     return (max_keys, capacity_bytes // 16 * 16, transition_log_bytes // 8 * 8, max_key_bytes,
             max_value_bytes, secrets.randbits(64))
+
+
+def segment_size(*, max_keys: int = DEFAULT_MAX_KEYS,
+                 capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
+                 max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+                 max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+                 transition_log_bytes: int = DEFAULT_TRANSITION_LOG_BYTES) -> int:
+    """The /dev/shm bytes (header included) of a store with these limits, so a world can
+    check that all its segments fit before it creates any."""
+    return _table_segment_size(_geometry(max_keys, capacity_bytes, max_key_bytes,
+                                         max_value_bytes, transition_log_bytes))
+
+
+def _table_segment_size(geometry: tuple[int, ...]) -> int:
+    return TABLE + _native.table_size(*geometry)
 
 
 def _store_path(region: _native.Region, path: str) -> None:

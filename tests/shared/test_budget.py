@@ -28,6 +28,7 @@ from carmp import (
     ReservationDenied,
     TokenAccounting,
 )
+from carmp.shared.eventlog import EventLog
 from tests.conftest import kill
 
 T = TokenAccounting
@@ -48,8 +49,7 @@ def make_budget() -> Any:
 
 
 def total_granted_minus_refunded(budget: CoordinationBudget) -> int:
-    with budget._lock:
-        ledger = budget.ledger()
+    ledger = budget.ledger()  # read under the lock: one instant
     return ledger["granted"][2] - ledger["refunded"][2]
 
 
@@ -270,12 +270,16 @@ def test_reservation_context_releases_unless_committed(make_budget: Any) -> None
     assert budget.statistics().leases_held == 0
 
 
-def test_lease_table_full_is_a_clear_error(make_budget: Any) -> None:
-    budget = make_budget(lease_slots=2)
-    budget.reserve(T(1, 0))
-    budget.reserve(T(1, 0))
-    with pytest.raises(LeaseTableFull, match="lease_slots"):
+def test_lease_table_full_is_a_clear_error_and_a_denial_event(make_budget: Any) -> None:
+    with EventLog() as log:
+        budget = make_budget(lease_slots=2)
+        budget.record_events_in(log)
         budget.reserve(T(1, 0))
+        budget.reserve(T(1, 0))
+        with pytest.raises(LeaseTableFull, match="lease_slots"):
+            budget.reserve(T(1, 0))
+        denied = log.filter("budget_denied")
+    assert [e.data["reason"] for e in denied] == ["lease table full"]
 
 
 def test_reserve_refuses_a_non_estimate(make_budget: Any) -> None:
@@ -537,8 +541,7 @@ def test_sigkill_at_random_points_of_reserve_and_commit_keeps_the_books(make_bud
         kill(worker.pid)
         worker.join()
         budget.reclaim_dead_leases()
-        with budget._lock:
-            ledger = budget.ledger()
+        ledger = budget.ledger()
         stats = budget.statistics()
         assert stats.leases_held == 0
         assert ledger["reserved"] == (0, 0, 0, 0), ledger
@@ -553,7 +556,6 @@ def test_sigkill_at_random_points_of_reserve_and_commit_keeps_the_books(make_bud
 
 
 def test_decisions_are_recorded_in_an_event_log(make_budget: Any, mp_context: Any) -> None:
-    from carmp.shared.eventlog import EventLog
 
     with EventLog() as log:
         budget = make_budget(BudgetLimits(max_total_tokens=100, max_agents=1))
