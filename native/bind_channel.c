@@ -288,8 +288,12 @@ static PyObject *Channel_wait_writable(Channel *self, PyObject *args, PyObject *
     return wait_until(ch, bell_at(self, self->writable), has_room, 2 * need, timeout, 0, 0);
 }
 
-/* The channels wait_any watches; they all share one readable bell. */
+/* The channels wait_any watches; they all share one readable bell. With `has_since`,
+ * a bell seq other than `since` (an announcement since the caller looked) also ends it. */
 typedef struct {
+    carmp_bell *bell;
+    int has_since;
+    uint32_t since;
     Py_ssize_t count;
     void *channels[];
 } channel_set;
@@ -297,21 +301,29 @@ typedef struct {
 static int any_readable(void *ctx, uint64_t arg) {
     channel_set *set = ctx;
     (void)arg;
+    if (set->has_since && carmp_bell_seq(set->bell) != set->since) return 1;
     for (Py_ssize_t i = 0; i < set->count; i++)
         if (carmp_channel_readable(set->channels[i])) return 1;
     return 0;
 }
 
-/* wait_any(channels, timeout=None, spin=0.0) -> bool: until one of the channels, which
- * must share one readable bell, has a message, or anybody rings that bell (True), or
- * the timeout (False). */
+/* wait_any(channels, timeout=None, spin=0.0, since=None) -> bool: until one of the
+ * channels, which must share one readable bell, has a message, or anybody rings that
+ * bell, or (since=) its seq is no longer `since` (True), or the timeout (False). */
 static PyObject *native_wait_any(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"channels", "timeout", "spin", NULL};
-    PyObject *channels, *timeout = Py_None;
+    static char *kwlist[] = {"channels", "timeout", "spin", "since", NULL};
+    PyObject *channels, *timeout = Py_None, *since = Py_None;
     double spin = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|Od:wait_any", kwlist, &channels, &timeout,
-                                     &spin))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OdO:wait_any", kwlist, &channels, &timeout,
+                                     &spin, &since))
         return NULL;
+    unsigned long since_seq = 0;
+    if (since != Py_None) {
+        since_seq = PyLong_AsUnsignedLong(since);
+        if (since_seq == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+        if (since_seq > UINT32_MAX)
+            return PyErr_Format(PyExc_ValueError, "since must be a bell seq from bell_seq()");
+    }
     PyObject *seq = PySequence_Fast(channels, "wait_any() takes a sequence of Channels");
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -325,6 +337,8 @@ static PyObject *native_wait_any(PyObject *Py_UNUSED(module), PyObject *args, Py
         return PyErr_NoMemory();
     }
     set->count = n;
+    set->has_since = since != Py_None;
+    set->since = (uint32_t)since_seq;
     carmp_bell *bell = NULL;
     PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -345,6 +359,7 @@ static PyObject *native_wait_any(PyObject *Py_UNUSED(module), PyObject *args, Py
         set->channels[i] = mem;
     }
     /* `seq` holds the channels, and they hold their regions, for the whole wait */
+    set->bell = bell;
     result = wait_until(set, bell, any_readable, 0, timeout, spin, 1);
 done:
     PyMem_Free(set);
@@ -352,10 +367,17 @@ done:
     return result;
 }
 
-/* ring() -> int: wake whoever sleeps on this channel's readable bell. */
+/* ring() -> int: announce a change on this channel's readable bell: its seq moves and
+ * its sleepers wake (a waiter that passed bell_seq() to wait_any cannot miss it). */
 static PyObject *Channel_ring(Channel *self, PyObject *Py_UNUSED(ignored)) {
     if (channel_at(self) == NULL) return NULL;
-    return PyLong_FromLong(carmp_bell_ring(bell_at(self, self->readable)));
+    return PyLong_FromLong(carmp_bell_announce(bell_at(self, self->readable)));
+}
+
+/* bell_seq() -> int: the readable bell's seq now, for wait_any(since=). */
+static PyObject *Channel_bell_seq(Channel *self, PyObject *Py_UNUSED(ignored)) {
+    if (channel_at(self) == NULL) return NULL;
+    return PyLong_FromUnsignedLong(carmp_bell_seq(bell_at(self, self->readable)));
 }
 
 static PyObject *Channel_get_readable(Channel *self, void *Py_UNUSED(closure)) {
@@ -383,7 +405,9 @@ static PyMethodDef Channel_methods[] = {
      "send_many([(tag, data), ...]) -> int sent before the first that did not fit"},
     {"recv", (PyCFunction)Channel_recv, METH_NOARGS, "recv() -> (tag, bytes) | None"},
     {"ring", (PyCFunction)Channel_ring, METH_NOARGS,
-     "ring() -> int: wake the sleepers on this channel's readable bell"},
+     "ring() -> int: announce a change on the readable bell (its seq moves; sleepers wake)"},
+    {"bell_seq", (PyCFunction)Channel_bell_seq, METH_NOARGS,
+     "bell_seq() -> int: the readable bell's seq, for wait_any(since=)"},
     {"recv_many", (PyCFunction)Channel_recv_many, METH_O,
      "recv_many(limit) -> [(tag, bytes), ...]"},
     {"wait_readable", (PyCFunction)(void (*)(void))Channel_wait_readable,
@@ -414,8 +438,9 @@ static PyTypeObject ChannelType = {
 
 static PyMethodDef channel_functions[] = {
     {"wait_any", (PyCFunction)(void (*)(void))native_wait_any, METH_VARARGS | METH_KEYWORDS,
-     "wait_any(channels, timeout=None, spin=0.0) -> bool: until one of the channels, "
-     "which share one readable bell, has a message or the bell rings"},
+     "wait_any(channels, timeout=None, spin=0.0, since=None) -> bool: until one of the "
+     "channels, which share one readable bell, has a message, the bell rings, or its seq "
+     "is no longer `since`"},
     {NULL, NULL, 0, NULL}};
 
 int carmp_bind_channel(PyObject *module) {

@@ -74,7 +74,10 @@ int carmp_wake(uint32_t *word, int count);
  * message over carmp_channel_max_message(); peek() returns CARMP_EMPTY, or points
  * into the channel until advance() releases the record. Nothing here sleeps: a bell
  * is how a side waits. Sleeper protocol: seq = prepare(); re-check the condition;
- * sleep(seq) unless it holds; cancel(). Wakers change the data, then ring(). */
+ * sleep(seq) unless it holds; cancel(). Wakers change the data, then ring().
+ * A change the sleeper's condition cannot see (a flag in one process's memory) is
+ * announced instead: announce() always moves the seq, so a sleeper that read
+ * carmp_bell_seq() before checking its flags sleeps through nothing. */
 #define CARMP_CHANNEL_HEADER 256
 typedef struct {
     uint64_t seq;      /* futex word: its low 32 bits (little-endian) */
@@ -92,6 +95,8 @@ uint32_t carmp_bell_prepare(carmp_bell *bell);
 carmp_status carmp_bell_sleep(carmp_bell *bell, uint32_t seq, int64_t timeout_ns);
 void carmp_bell_cancel(carmp_bell *bell);
 int carmp_bell_ring(carmp_bell *bell);
+uint32_t carmp_bell_seq(const carmp_bell *bell);
+int carmp_bell_announce(carmp_bell *bell);
 
 /* ---- orphan prevention (watchdog.c) ------------------------------------------
  * carmp_watchdog_start: a detached, signal-free thread SIGKILLs the calling process

@@ -132,3 +132,13 @@ int carmp_bell_ring(carmp_bell *bell) {
     __atomic_fetch_add(&bell->seq, 1, __ATOMIC_SEQ_CST);
     return carmp_wake((uint32_t *)&bell->seq, -1);
 }
+
+uint32_t carmp_bell_seq(const carmp_bell *bell) {
+    return (uint32_t)__atomic_load_n(&bell->seq, __ATOMIC_SEQ_CST);
+}
+
+int carmp_bell_announce(carmp_bell *bell) {
+    __atomic_fetch_add(&bell->seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&bell->sleepers, __ATOMIC_SEQ_CST) == 0) return 0;
+    return carmp_wake((uint32_t *)&bell->seq, -1);
+}

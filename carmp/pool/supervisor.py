@@ -284,12 +284,14 @@ class Supervisor(TaskBook):
                     if self.stopped or (not self.helpers and parked_for <= 0):
                         break
                     self.helpers_changed.wait(None if self.helpers else parked_for)
+            # read before looking: a death or cancel announced after this ends the wait
+            since = self.result_channels[0].bell_seq()
             with self.collecting:
                 if self.stopped:
                     return
                 progressed, wait = self.collect_once()
             if not progressed and not self.helpers:
-                _native.wait_any(self.result_channels, wait)
+                _native.wait_any(self.result_channels, wait, since=since)
 
     def help_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
         """Collect in the calling thread until done() or the timeout: a waiter that does the
@@ -303,6 +305,7 @@ class Supervisor(TaskBook):
             with self.collecting:
                 deadline = None if timeout is None else time.monotonic() + timeout
                 while not done() and not self.stopped:
+                    since = self.result_channels[0].bell_seq()
                     progressed, wait = self.collect_once()
                     if progressed or done():
                         continue
@@ -310,7 +313,7 @@ class Supervisor(TaskBook):
                         wait = min(wait, deadline - time.monotonic())
                         if wait <= 0:
                             break
-                    _native.wait_any(self.result_channels, wait, HELPER_SPIN)
+                    _native.wait_any(self.result_channels, wait, HELPER_SPIN, since)
         finally:
             with self.helpers_changed:
                 self.helpers -= 1

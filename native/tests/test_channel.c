@@ -122,6 +122,23 @@ static void test_corrupt_record_is_reported(void) {
     passed++;
 }
 
+/* ring() with nobody asleep changes nothing; announce() always moves the seq, so a
+ * sleeper that read the seq before checking its flags returns at once. */
+static void test_announce_moves_the_seq_with_no_sleepers(void) {
+    carmp_bell bell = {0, 0};
+    uint32_t before = carmp_bell_seq(&bell);
+    CHECK(carmp_bell_ring(&bell) == 0);
+    CHECK(carmp_bell_seq(&bell) == before);
+    CHECK(carmp_bell_announce(&bell) == 0);
+    CHECK(carmp_bell_seq(&bell) == before + 1);
+    uint32_t seq = carmp_bell_prepare(&bell);
+    CHECK(seq == before + 1);
+    CHECK(carmp_bell_sleep(&bell, before, 1000000000LL) == CARMP_OK); /* moved: no sleep */
+    carmp_bell_cancel(&bell);
+    CHECK(bell.sleepers == 0);
+    passed++;
+}
+
 /* A producer process and a consumer process, both sleeping on bells when they must. */
 static void test_two_processes_with_bells(void) {
     enum { CAP = 4096, MESSAGES = 200000 };
@@ -179,6 +196,7 @@ int main(void) {
     test_full_then_room_again();
     test_random_traffic_matches_a_model();
     test_corrupt_record_is_reported();
+    test_announce_moves_the_seq_with_no_sleepers();
     test_two_processes_with_bells();
     return report("channel");
 }

@@ -62,4 +62,5 @@ def test_a_growing_supervisor_fails_the_soak(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(soak, "run_round", lambda config: RoundReport(config))
     monkeypatch.setattr(soak.psutil, "Process", Leaky)
     assert soak.main(["--rounds", str(soak.WARM_UP_ROUNDS + 10)]) == 1
-    assert "supervisor RSS grew 20.0 MiB after the warm-up" in capsys.readouterr().out
+    assert f"supervisor RSS grew 20.0 MiB after round {soak.WARM_UP_ROUNDS}" \
+        in capsys.readouterr().out

@@ -209,3 +209,20 @@ def test_wait_any_wakes_for_whichever_channel_shares_the_bell() -> None:
         _native.wait_any([], 0)
     with pytest.raises(TypeError):
         _native.wait_any([object()], 0)  # type: ignore[list-item]
+
+
+def test_wait_any_since_a_seq_sees_a_ring_that_came_before_it_slept() -> None:
+    """The supervisor reads bell_seq(), looks at its own flags (deaths, cancels), then
+    waits: a ring() between the look and the wait, with nobody asleep yet, must end the
+    wait rather than be lost (it once cost a death up to the collector's idle wait)."""
+    mapping = mmap.mmap(-1, CHANNEL + _native.CHANNEL_HEADER + CAPACITY)
+    channel = _native.Channel(_native.Region(mapping), CHANNEL, READABLE, WRITABLE)
+    channel.initialize(CAPACITY)
+    since = channel.bell_seq()
+    assert _native.wait_any([channel], 0.01, since=since) is False
+    channel.ring()  # nobody sleeps on the bell now
+    assert channel.bell_seq() != since
+    assert _native.wait_any([channel], CHILD_WAIT, since=since) is True
+    assert _native.wait_any([channel], 0.01, since=channel.bell_seq()) is False
+    with pytest.raises(ValueError, match="bell_seq"):
+        _native.wait_any([channel], 0, since=2**40)
