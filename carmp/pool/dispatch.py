@@ -215,6 +215,11 @@ class Reassembler:
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
 
+    @property
+    def idle(self) -> bool:
+        """No message is half assembled: a whole one may skip feed()."""
+        return not self._pieces
+
     def feed(self, tag: int, payload: bytes) -> tuple[int, bytes] | None:
         if tag & FRAGMENT:
             self._pieces.append(payload)

@@ -32,6 +32,7 @@ from carmp.pool.tasks import FarmStatistics, FunctionEntry, Sink, Task
 from carmp.shared.budget import BudgetLimits, CoordinationBudget
 from carmp.shared.eventlog import EventLog
 from carmp.shared.mailbox import Mailbox
+from carmp.shared.proc import gc_paused
 from carmp.shared.segment import new_run_id
 from carmp.shared.state import StateStore
 
@@ -133,12 +134,15 @@ class _Batch(Sink):
         return False
 
     def resolve(self, index: int, value: Any) -> None:
+        self.resolve_many([(index, value)])
+
+    def resolve_many(self, outcomes: list[tuple[int, Any]]) -> None:
         with self.cond:
             if self.ordered:
-                self.results[index] = value
+                self.results.update(outcomes)
             else:
-                self.completed.append(value)
-            self.finished += 1
+                self.completed.extend(value for _, value in outcomes)
+            self.finished += len(outcomes)
             if self.waiting:
                 self.cond.notify_all()
 
@@ -306,13 +310,13 @@ class Farm:
             retries: int | None = None, timeout: float | None = None,
             progress: bool = False) -> list[T]:
         """[fn(x) for x in iterable], in order; raises the first task error."""
-        return list(self._run_all(fn, iterable, False, chunksize, retries, timeout, progress))
+        return self._run_all(fn, iterable, False, chunksize, retries, timeout, progress)
 
     def starmap(self, fn: Callable[..., T], iterable: Iterable[Iterable[Any]], *,
                 chunksize: int = 1, retries: int | None = None, timeout: float | None = None,
                 progress: bool = False) -> list[T]:
         """[fn(*args) for args in iterable], in order."""
-        return list(self._run_all(fn, iterable, True, chunksize, retries, timeout, progress))
+        return self._run_all(fn, iterable, True, chunksize, retries, timeout, progress)
 
     def imap(self, fn: Callable[..., T], iterable: Iterable[Any], *, chunksize: int = 1,
              retries: int | None = None, timeout: float | None = None) -> Iterator[T]:
@@ -338,22 +342,15 @@ class Farm:
     def _tasks(self, entry: FunctionEntry, items: Iterable[Any], chunksize: int, batch: _Batch,
                retries: int, timeout: float | None, first_index: int = 0) -> list[Task]:
         supervisor = self._supervisor
-        pickle_arguments = supervisor.pickle_arguments
-        tasks = []
-        index = first_index
+        items = list(items)
         if chunksize > 1:
-            items = list(items)
-            groups: Iterable[Any] = (items[i:i + chunksize] for i in range(0, len(items), chunksize))
-        else:
-            groups = items
-        for group in groups:
-            payload = pickle_arguments((group,), {})
-            tasks.append(supervisor.make_task(entry, payload, batch, index, retries, timeout))
-            index += 1
-        return tasks
+            items = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        with gc_paused():  # every task made here lives until it finishes
+            payloads = supervisor.pickle_each([(group,) for group in items])
+            return supervisor.make_tasks(entry, payloads, batch, first_index, retries, timeout)
 
     def _run_all(self, fn: Callable[..., Any], iterable: Iterable[Any], star: bool, chunksize: int,
-                 retries: int | None, timeout: float | None, progress: bool) -> Iterator[Any]:
+                 retries: int | None, timeout: float | None, progress: bool) -> list[Any]:
         entry, retries_, timeout_ = self._prepare(fn, star, chunksize, retries, timeout)
         batch = _Batch()
         tasks = self._tasks(entry, iterable, chunksize, batch, retries_, timeout_)
@@ -369,12 +366,9 @@ class Farm:
         if batch.error is not None:
             raise batch.error
         results = batch.results
-        for index in range(count):
-            value = results[index]
-            if chunksize > 1:
-                yield from value
-            else:
-                yield value
+        if chunksize > 1:
+            return [value for index in range(count) for value in results[index]]
+        return [results[index] for index in range(count)]
 
     def _iterate(self, fn: Callable[..., Any], iterable: Iterable[Any], ordered: bool,
                  chunksize: int, retries: int | None, timeout: float | None) -> Iterator[Any]:

@@ -56,6 +56,7 @@ from carmp.pool import dispatch as d
 from carmp.pool.tasks import (
     FUNCTIONS_PER_WORKER,
     FarmStatistics,
+    Sink,
     Task,
     TaskBook,
     Undecodable,
@@ -96,6 +97,8 @@ HANDOFF_GRACE = 0.002      # the collector thread stays parked this long after a
 QUEUED_WORK_TARGET = 0.002  # seconds of queued work per worker the pump aims for
 DOOMED_POLL = 0.005         # how often the collector looks for a doomed task to start running
 KILL_REASONS = {"timeout": "task timeout", "rss": "max_rss_mb exceeded", "cancel": "task cancelled"}
+FINISHING = frozenset((d.RESULT, d.RESULT_PIPED, d.ERROR, d.ERROR_PIPED))  # end a task
+NO_SINK = Sink()  # what drain's pending results belong to while it holds none
 
 
 class WorkerState:
@@ -239,8 +242,11 @@ class Supervisor(TaskBook):
             if len(state.functions) > FUNCTIONS_PER_WORKER:
                 forgotten, _ = state.functions.popitem(last=False)
                 state.outbox.append((d.FORGET, d.ID.pack(forgotten)))
-        header = d.TASK_HEADER.pack(task.task_id, task.function_id)
-        state.outbox.extend(d.fragments(d.TASK, header + task.payload, limit))
+        body = d.TASK_HEADER.pack(task.task_id, task.function_id) + task.payload
+        if len(body) <= limit:  # most tasks: one message
+            state.outbox.append((d.TASK, body))
+        else:
+            state.outbox.extend(d.fragments(d.TASK, body, limit))
         state.queued.append(task)
         task.attempts += 1
 
@@ -251,8 +257,12 @@ class Supervisor(TaskBook):
                 outbox.popleft()
             return
         batch = list(outbox)
-        for _ in range(state.slot.tasks.send_many(batch)):
-            outbox.popleft()
+        sent = state.slot.tasks.send_many(batch)
+        if sent == len(batch):
+            outbox.clear()
+        else:
+            for _ in range(sent):
+                outbox.popleft()
 
     # ---- collecting --------------------------------------------------------------------------
 
@@ -322,16 +332,47 @@ class Supervisor(TaskBook):
         return True
 
     def drain(self, state: WorkerState) -> None:
+        """Handle a batch of the worker's messages. Whole JSON results (most messages) take
+        a short path: consecutive ones for one sink (a map's batch) are handed over
+        together, before any other message is handled, so outcomes keep their order."""
+        reassembler, unpack_id, loads = state.reassembler, d.ID.unpack_from, orjson.loads
+        sink, outcomes = NO_SINK, list[tuple[int, Any]]()
+        finished = 0
         for tag, piece in state.slot.results.recv_many(RESULT_BATCH):
-            message = state.reassembler.feed(tag, piece)
+            if tag == d.RESULT and reassembler.idle:
+                finished += 1
+                task = self.finish(state, unpack_id(piece)[0])
+                if task is None:
+                    continue
+                if task.sink is not sink:
+                    if outcomes:
+                        self.resolve_all(sink, outcomes)
+                    sink, outcomes = task.sink, []
+                outcomes.append((task.index, loads(piece[d.ID.size:])))
+                if self.task_events:
+                    self.emit("task_finished", task_id=task.task_id, pid=state.pid)
+                continue
+            if outcomes:
+                self.resolve_all(sink, outcomes)
+                sink, outcomes = NO_SINK, []
+            message = reassembler.feed(tag, piece)
             if message is not None:
+                finished += message[0] in FINISHING
                 self.on_message(state, *message)
+        if outcomes:
+            self.resolve_all(sink, outcomes)
+        if finished:
+            self.adapt(state, finished)
+
+    def resolve_all(self, sink: Sink, outcomes: list[tuple[int, Any]]) -> None:
+        self.counts["done"] += len(outcomes)
+        sink.resolve_many(outcomes)
 
     def on_message(self, state: WorkerState, kind: int, payload: bytes) -> None:
-        if kind == d.RESULT:  # most messages: a JSON result, read here (nothing is piped)
+        if kind == d.RESULT:  # a JSON result that came in fragments
             task = self.finish(state, d.ID.unpack_from(payload)[0])
             if task is not None:
-                self.resolve(state, task, orjson.loads(memoryview(payload)[d.ID.size:]))
+                self.resolve(state, task, orjson.loads(payload[d.ID.size:]))
         elif kind in (d.RESULT_PIPED, d.ERROR, d.ERROR_PIPED):
             (task_id,) = d.ID.unpack_from(payload)
             task = self.finish(state, task_id)
@@ -386,14 +427,19 @@ class Supervisor(TaskBook):
         elif task is not None:
             with contextlib.suppress(ValueError):
                 queued.remove(task)
+        return task
+
+    def adapt(self, state: WorkerState, finished: int) -> None:
+        """After `finished` tasks came back from a worker: keep about QUEUED_WORK_TARGET
+        seconds of work queued at it, from a moving average of its time per task (the
+        clock runs only while it had work queued)."""
         now = time.monotonic()
         if state.last_result_at:
-            elapsed = now - state.last_result_at
-            state.mean_task_seconds = 0.8 * state.mean_task_seconds + 0.2 * elapsed
+            per_task = (now - state.last_result_at) / finished
+            state.mean_task_seconds = 0.8 * state.mean_task_seconds + 0.2 * per_task
             ideal = QUEUED_WORK_TARGET / max(state.mean_task_seconds, 1e-7)
             state.in_flight_limit = int(min(MAX_IN_FLIGHT, max(MIN_IN_FLIGHT, ideal)))
-        state.last_result_at = now if queued else 0.0
-        return task
+        state.last_result_at = now if state.queued else 0.0
 
     def enforce_limits(self) -> float:
         """Kill workers past a task's timeout or the RSS limit; seconds until the next check."""

@@ -25,6 +25,7 @@ from carmp.errors import (
 )
 
 FUNCTIONS_PER_WORKER = 512  # function definitions a worker keeps before it is told to forget
+NO_KWARGS: dict[str, Any] = {}  # a map's calls pass none (pickled, never changed)
 
 
 class Sink:
@@ -32,6 +33,11 @@ class Sink:
 
     def resolve(self, index: int, value: Any) -> None:
         raise NotImplementedError
+
+    def resolve_many(self, outcomes: list[tuple[int, Any]]) -> None:
+        """Several (index, value) results at once: a batch takes its lock once for them."""
+        for index, value in outcomes:
+            self.resolve(index, value)
 
     def fail(self, index: int, error: BaseException) -> None:
         raise NotImplementedError
@@ -164,9 +170,26 @@ class TaskBook:
                 "pass picklable arguments"
             ) from exc
 
+    @staticmethod
+    def pickle_each(arguments: list[tuple[Any, ...]]) -> list[bytes]:
+        """pickle_arguments(args, {}) of each tuple (a map's items): in one comprehension
+        when plain pickle takes them all, as it does for most maps."""
+        try:
+            return [pickle.dumps((args, NO_KWARGS), protocol=pickle.HIGHEST_PROTOCOL)
+                    for args in arguments]
+        except Exception:
+            return [TaskBook.pickle_arguments(args, {}) for args in arguments]
+
     def make_task(self, entry: FunctionEntry, payload: bytes, sink: Sink, index: int,
                   retries: int, timeout: float | None) -> Task:
         return Task(next(self.task_ids), entry.function_id, payload, sink, index, retries, timeout)
+
+    def make_tasks(self, entry: FunctionEntry, payloads: list[bytes], sink: Sink,
+                   first_index: int, retries: int, timeout: float | None) -> list[Task]:
+        """make_task for each payload, indexed from first_index (a map's tasks)."""
+        ids, function_id = self.task_ids, entry.function_id
+        return [Task(next(ids), function_id, payload, sink, index, retries, timeout)
+                for index, payload in enumerate(payloads, first_index)]
 
     def submit_tasks(self, tasks: Iterable[Task], entry: FunctionEntry) -> None:
         with self.lock:
@@ -174,14 +197,15 @@ class TaskBook:
                 raise FarmBroken(f"the farm is broken: {self.broken}") from self.broken
             if self.closing:
                 raise FarmShutdown("the farm is shut down; create a new Farm to submit more work")
-            for task in tasks:
-                self.entries[task.function_id] = entry
-                entry.users += 1
-                self.unfinished[task.task_id] = task
-                self.timed_tasks += task.timeout is not None
-                self.pending.append(task)
-                self.counts["submitted"] += 1
-                if self.task_events:
+            tasks = list(tasks)
+            self.entries[entry.function_id] = entry  # every task of one call runs it
+            entry.users += len(tasks)
+            self.unfinished.update((task.task_id, task) for task in tasks)
+            self.timed_tasks += sum(task.timeout is not None for task in tasks)
+            self.pending.extend(tasks)
+            self.counts["submitted"] += len(tasks)
+            if self.task_events:
+                for task in tasks:
                     self.emit("task_submitted", task_id=task.task_id)
             self.pump()
 

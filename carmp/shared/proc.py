@@ -6,7 +6,10 @@ recycled pid is never mistaken for the original, still-living owner.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 
 
 def process_start_time(pid: int) -> int | None:
@@ -50,3 +53,18 @@ def rss_bytes(pid: int | str = "self") -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return 0
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold this process's cyclic collector for a bounded burst of allocations that all
+    stay alive (a batch of events, a map's tasks): the young-generation collections they
+    would trigger free nothing and cost a large share of the burst."""
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()

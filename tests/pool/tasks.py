@@ -24,6 +24,11 @@ def echo(value: Any) -> Any:
     return value
 
 
+def call_or_echo(value: Any) -> Any:
+    """value() for a callable (one that travelled by value), else the value."""
+    return value() if callable(value) else value
+
+
 def sleep_then(seconds: float, value: Any = None) -> Any:
     time.sleep(seconds)
     return value

@@ -191,6 +191,19 @@ def test_unpicklable_argument_fails_the_call_at_once(farm: Farm) -> None:
     assert farm.submit(tasks.square, 5).result(WAIT) == 25
 
 
+def test_a_map_pickles_items_plainly_or_by_value_and_refuses_unpicklable_ones(farm: Farm) -> None:
+    """A map's items go through plain pickle in one pass; when one needs cloudpickle (a
+    lambda) every item still arrives, and an unpicklable one fails the whole call at once,
+    before any task runs."""
+    assert farm.map(tasks.square, range(300)) == [x * x for x in range(300)]
+    assert farm.map(tasks.call_or_echo, [lambda: 1, lambda: 2, 3]) == [1, 2, 3]
+    before = farm.statistics()
+    with pytest.raises(PayloadError, match="arguments could not be pickled"):
+        farm.map(tasks.echo, [1, threading.Lock(), 3])
+    assert farm.statistics().done == before.done and farm.statistics().pending == 0
+    assert farm.map(tasks.square, range(10), chunksize=3) == [x * x for x in range(10)]
+
+
 def test_payload_failures_in_the_worker_and_on_the_way_back(farm: Farm) -> None:
     with pytest.raises(PayloadError, match="result could not be pickled"):
         farm.submit(tasks.return_lock).result(WAIT)
