@@ -116,9 +116,7 @@ class WorkerState:
         self.kill_reason: tuple[str, int] | None = None  # (KILL_REASONS key, task id or 0)
         self.ready = False  # the process ran its initializer and said READY
         self.exit_handled = False
-        self.in_flight_limit = MIN_IN_FLIGHT * 2
-        self.mean_task_seconds = 0.0
-        self.last_result_at = 0.0
+        self.busy_since = 0.0  # when the clock of adapt() started (0: the worker is idle)
         self.exited = False
 
     @property
@@ -151,6 +149,10 @@ class Supervisor(TaskBook):
         self.next_rss_check = 0.0
         self.start_failures = 0
         self.final_statistics: FarmStatistics | None = None
+        # how many tasks the pump keeps queued at each worker: one figure for all of them
+        # (a map's tasks are alike), so a batch is dealt evenly (see adapt())
+        self.in_flight_limit = MIN_IN_FLIGHT * 2
+        self.mean_task_seconds = 0.0
         self.supervisor_identity = own_identity()
         self.monitor_wakeup = os.pipe()
         for state in self.states:
@@ -216,9 +218,9 @@ class Supervisor(TaskBook):
     def pump(self) -> None:
         """Deal pending tasks to workers with room, one each in turn (fewest queued first) so
         that a batch spreads evenly, then flush every outbox. Holds `lock`."""
-        pending = self.pending
+        pending, limit = self.pending, self.in_flight_limit
         with_room = [s for s in self.states
-                     if s.accepting and len(s.queued) < s.in_flight_limit] if pending else []
+                     if s.accepting and len(s.queued) < limit] if pending else []
         with_room.sort(key=lambda s: len(s.queued))
         while pending and with_room:
             for state in with_room:
@@ -226,7 +228,7 @@ class Supervisor(TaskBook):
                 if task is None:
                     break
                 self.assign(state, task)
-            with_room = [s for s in with_room if len(s.queued) < s.in_flight_limit]
+            with_room = [s for s in with_room if len(s.queued) < limit]
         for state in self.states:
             if state.outbox:
                 self.flush(state)
@@ -247,6 +249,8 @@ class Supervisor(TaskBook):
             state.outbox.append((d.TASK, body))
         else:
             state.outbox.extend(d.fragments(d.TASK, body, limit))
+        if not state.queued and state.ready:  # work for an idle worker: its clock starts
+            state.busy_since = time.monotonic()
         state.queued.append(task)
         task.attempts += 1
 
@@ -387,6 +391,8 @@ class Supervisor(TaskBook):
         elif kind == d.READY:
             state.ready = True
             self.start_failures = 0
+            if state.queued:  # tasks waited for it to start: its clock starts now
+                state.busy_since = time.monotonic()
         elif kind == d.RETIRING:
             state.accepting = False
             reason = orjson.loads(payload).get("reason", "")
@@ -431,15 +437,18 @@ class Supervisor(TaskBook):
 
     def adapt(self, state: WorkerState, finished: int) -> None:
         """After `finished` tasks came back from a worker: keep about QUEUED_WORK_TARGET
-        seconds of work queued at it, from a moving average of its time per task (the
-        clock runs only while it had work queued)."""
+        seconds of work queued at each worker, from a moving average of the time per task
+        (each worker's clock runs only while it has work queued). One average for all
+        workers: per-worker ones drifted apart (a worker that started late measured its
+        first tasks with their imports) and then a slow map after a fast one was dealt
+        mostly to the worker whose figure was stale."""
         now = time.monotonic()
-        if state.last_result_at:
-            per_task = (now - state.last_result_at) / finished
-            state.mean_task_seconds = 0.8 * state.mean_task_seconds + 0.2 * per_task
-            ideal = QUEUED_WORK_TARGET / max(state.mean_task_seconds, 1e-7)
-            state.in_flight_limit = int(min(MAX_IN_FLIGHT, max(MIN_IN_FLIGHT, ideal)))
-        state.last_result_at = now if state.queued else 0.0
+        if state.busy_since:
+            per_task = (now - state.busy_since) / finished
+            self.mean_task_seconds = 0.8 * self.mean_task_seconds + 0.2 * per_task
+            ideal = QUEUED_WORK_TARGET / max(self.mean_task_seconds, 1e-7)
+            self.in_flight_limit = int(min(MAX_IN_FLIGHT, max(MIN_IN_FLIGHT, ideal)))
+        state.busy_since = now if state.queued else 0.0
 
     def enforce_limits(self) -> float:
         """Kill workers past a task's timeout or the RSS limit; seconds until the next check."""

@@ -34,6 +34,11 @@ def sleep_then(seconds: float, value: Any = None) -> Any:
     return value
 
 
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def whoami() -> tuple[int, int]:
     info = worker_module.current_worker()
     assert info is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import collections
 import os
 import random
 import signal
@@ -154,6 +155,15 @@ def test_two_tasks_that_wait_for_each_other_run_at_once(flavor: str, tmp_path: A
 def test_current_worker_inside_a_task(farm: Farm) -> None:
     pids = {pid for pid, slot in farm.map(lambda _: tasks.whoami(), range(50))}
     assert pids and os.getpid() not in pids
+
+
+def test_slow_tasks_after_tiny_ones_spread_over_every_worker(local_farm: Farm) -> None:
+    """The first map (tiny tasks) may end before the second worker is even ready; the
+    queue depth each worker gets must still be learnt from its own tasks, so that the
+    slow map after it is not dealt mostly to one worker (it once was, half the time)."""
+    local_farm.map(tasks.square, range(2_000))
+    ran = collections.Counter(local_farm.map(tasks.pid_after, [0.02] * 40))
+    assert len(ran) == 2 and min(ran.values()) >= 10, ran
 
 
 def test_worker_pids_are_the_processes_that_run_tasks(farm: Farm) -> None:
