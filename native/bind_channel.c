@@ -319,10 +319,20 @@ static PyObject *native_wait_any(PyObject *Py_UNUSED(module), PyObject *args, Py
         return NULL;
     unsigned long since_seq = 0;
     if (since != Py_None) {
-        since_seq = PyLong_AsUnsignedLong(since);
-        if (since_seq == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+        if (PyLong_Check(since) && !PyBool_Check(since)) {
+            since_seq = PyLong_AsUnsignedLong(since);
+            if (since_seq == (unsigned long)-1 && PyErr_Occurred()) {
+                if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return NULL;
+                PyErr_Clear();
+                since_seq = (unsigned long)UINT32_MAX + 1;
+            }
+        } else {
+            since_seq = (unsigned long)UINT32_MAX + 1;
+        }
         if (since_seq > UINT32_MAX)
-            return PyErr_Format(PyExc_ValueError, "since must be a bell seq from bell_seq()");
+            return PyErr_Format(PyExc_ValueError,
+                                "since=%R is not a bell seq (an int 0..2**32-1); pass what "
+                                "bell_seq() returned", since);
     }
     PyObject *seq = PySequence_Fast(channels, "wait_any() takes a sequence of Channels");
     if (seq == NULL) return NULL;

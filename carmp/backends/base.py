@@ -64,6 +64,7 @@ class WorldOptions:
     log: EventLog | None
     budget: BudgetLimits | CoordinationBudget | None
     log_path: str | None
+    workers: int  # how many the farm will start (the local dispatch segment is sized by it)
 
 
 class Executor(Protocol):

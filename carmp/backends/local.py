@@ -8,6 +8,7 @@ import multiprocess
 from multiprocess import forkserver
 
 from carmp.backends.base import Backend, Capabilities, WorkerOptions, WorldOptions
+from carmp.pool import dispatch
 from carmp.pool.supervisor import Supervisor, sigint_ignored
 from carmp.runtime.infra import SharedInfra
 from carmp.shared import budget as budget_segment
@@ -87,4 +88,5 @@ def _planned_world(options: WorldOptions) -> dict[str, int]:
     if not isinstance(options.budget, CoordinationBudget):
         planned["budget"] = budget_segment.segment_size()
     planned["policy set"] = policy_segment.segment_size()
+    planned["dispatch"] = dispatch.segment_size(options.workers)
     return planned

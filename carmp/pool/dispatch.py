@@ -84,6 +84,13 @@ DEFAULT_TASK_CAPACITY = 1 << 18
 DEFAULT_RESULT_CAPACITY = 1 << 18
 
 
+def segment_size(slot_count: int, task_capacity: int = DEFAULT_TASK_CAPACITY,
+                 result_capacity: int = DEFAULT_RESULT_CAPACITY) -> int:
+    """The /dev/shm bytes (header included) of a dispatch segment for `slot_count` workers,
+    so a farm can check that its whole world fits before it creates any of it."""
+    return SLOTS + slot_count * slot_size(task_capacity, result_capacity)
+
+
 def slot_size(task_capacity: int, result_capacity: int) -> int:
     return _CHANNELS + 2 * _native.CHANNEL_HEADER + task_capacity + result_capacity
 
@@ -162,7 +169,7 @@ class Dispatch:
     def create(cls, slot_count: int, *, run_id: str,
                task_capacity: int = DEFAULT_TASK_CAPACITY,
                result_capacity: int = DEFAULT_RESULT_CAPACITY) -> Dispatch:
-        size = SLOTS - HEADER_SIZE + slot_count * slot_size(task_capacity, result_capacity)
+        size = segment_size(slot_count, task_capacity, result_capacity) - HEADER_SIZE
         segment = Segment.create(KIND, size, layout_version=LAYOUT_VERSION, run_id=run_id)
         region = segment.region
         region.store(SLOT_COUNT, slot_count)

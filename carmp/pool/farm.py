@@ -247,7 +247,7 @@ class Farm:
         try:
             self.infra, parts = self._backend.open_world(WorldOptions(
                 run_id=self.run_id, state=state, log=log, budget=budget,
-                log_path=None if log_path is None else os.fspath(log_path)))
+                log_path=None if log_path is None else os.fspath(log_path), workers=workers))
             made.extend(parts)
             self._supervisor = self._backend.start(WorkerOptions(
                 workers=workers, run_id=self.run_id, initializer=initializer,
@@ -345,8 +345,8 @@ class Farm:
         items = list(items)
         if chunksize > 1:
             items = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        payloads = supervisor.pickle_each([(group,) for group in items])
         with gc_paused():  # every task made here lives until it finishes
-            payloads = supervisor.pickle_each([(group,) for group in items])
             return supervisor.make_tasks(entry, payloads, batch, first_index, retries, timeout)
 
     def _run_all(self, fn: Callable[..., Any], iterable: Iterable[Any], star: bool, chunksize: int,

@@ -48,6 +48,7 @@ from carmp import _native
 from carmp.errors import (
     FarmBroken,
     FarmShutdown,
+    PayloadError,
     RemoteTaskError,
     TaskTimeout,
     WorkerCrashed,
@@ -99,6 +100,12 @@ DOOMED_POLL = 0.005         # how often the collector looks for a doomed task to
 KILL_REASONS = {"timeout": "task timeout", "rss": "max_rss_mb exceeded", "cancel": "task cancelled"}
 FINISHING = frozenset((d.RESULT, d.RESULT_PIPED, d.ERROR, d.ERROR_PIPED))  # end a task
 NO_SINK = Sink()  # what drain's pending results belong to while it holds none
+
+
+def corrupt_result(task: Task, exc: orjson.JSONDecodeError) -> PayloadError:
+    return PayloadError(f"the result of task {task.task_id} arrived corrupt ({exc}): the farm's "
+                        "shared memory was overwritten; restart the farm and check for code "
+                        "that writes into /dev/shm")
 
 
 class WorkerState:
@@ -190,6 +197,7 @@ class Supervisor(TaskBook):
         state.reassembler.reset()
         state.accepting, state.kill_reason, state.exited, state.ready = True, None, False, False
         state.exit_handled = False
+        state.busy_since = 0.0
         self.emit("worker_started", slot=state.slot.index, pid=process.pid, generation=generation)
         os.write(self.monitor_wakeup[1], b"x")  # the monitor watches the new sentinel
 
@@ -340,43 +348,53 @@ class Supervisor(TaskBook):
         a short path: consecutive ones for one sink (a map's batch) are handed over
         together, before any other message is handled, so outcomes keep their order."""
         reassembler, unpack_id, loads = state.reassembler, d.ID.unpack_from, orjson.loads
-        sink, outcomes = NO_SINK, list[tuple[int, Any]]()
+        sink: Sink = NO_SINK
+        outcomes: list[tuple[int, Any]] = []
         finished = 0
-        for tag, piece in state.slot.results.recv_many(RESULT_BATCH):
-            if tag == d.RESULT and reassembler.idle:
-                finished += 1
-                task = self.finish(state, unpack_id(piece)[0])
-                if task is None:
+        try:
+            for tag, piece in state.slot.results.recv_many(RESULT_BATCH):
+                if tag == d.RESULT and reassembler.idle:
+                    finished += 1
+                    task = self.finish(state, unpack_id(piece)[0])
+                    if task is None:
+                        continue
+                    try:
+                        value = loads(piece[d.ID.size:])
+                    except orjson.JSONDecodeError as exc:
+                        self.fail_task(task, corrupt_result(task, exc), state.pid)
+                        continue
+                    if task.sink is not sink:
+                        ready, outcomes = outcomes, []
+                        self.resolve_all(sink, ready)
+                        sink = task.sink
+                    outcomes.append((task.index, value))
+                    if self.task_events:
+                        self.emit("task_finished", task_id=task.task_id, pid=state.pid)
                     continue
-                if task.sink is not sink:
-                    if outcomes:
-                        self.resolve_all(sink, outcomes)
-                    sink, outcomes = task.sink, []
-                outcomes.append((task.index, loads(piece[d.ID.size:])))
-                if self.task_events:
-                    self.emit("task_finished", task_id=task.task_id, pid=state.pid)
-                continue
-            if outcomes:
-                self.resolve_all(sink, outcomes)
-                sink, outcomes = NO_SINK, []
-            message = reassembler.feed(tag, piece)
-            if message is not None:
-                finished += message[0] in FINISHING
-                self.on_message(state, *message)
-        if outcomes:
+                ready, outcomes = outcomes, []
+                self.resolve_all(sink, ready)
+                sink = NO_SINK
+                message = reassembler.feed(tag, piece)
+                if message is not None:
+                    finished += message[0] in FINISHING
+                    self.on_message(state, *message)
+        finally:  # what was settled reaches its sink, whatever a later message did
             self.resolve_all(sink, outcomes)
-        if finished:
-            self.adapt(state, finished)
+            if finished:
+                self.adapt(state, finished)
 
     def resolve_all(self, sink: Sink, outcomes: list[tuple[int, Any]]) -> None:
-        self.counts["done"] += len(outcomes)
-        sink.resolve_many(outcomes)
+        """Hand a sink its results (the short path of drain(); task_finished events, when
+        asked for, went out as each result was read)."""
+        if outcomes:
+            self.counts["done"] += len(outcomes)
+            sink.resolve_many(outcomes)
 
     def on_message(self, state: WorkerState, kind: int, payload: bytes) -> None:
         if kind == d.RESULT:  # a JSON result that came in fragments
             task = self.finish(state, d.ID.unpack_from(payload)[0])
             if task is not None:
-                self.resolve(state, task, orjson.loads(payload[d.ID.size:]))
+                self.resolve(state, task, orjson.loads(memoryview(payload)[d.ID.size:]))
         elif kind in (d.RESULT_PIPED, d.ERROR, d.ERROR_PIPED):
             (task_id,) = d.ID.unpack_from(payload)
             task = self.finish(state, task_id)

@@ -170,19 +170,19 @@ class TaskBook:
                 "pass picklable arguments"
             ) from exc
 
-    @staticmethod
-    def pickle_each(arguments: list[tuple[Any, ...]]) -> list[bytes]:
+    @classmethod
+    def pickle_each(cls, arguments: list[tuple[Any, ...]]) -> list[bytes]:
         """pickle_arguments(args, {}) of each tuple (a map's items): in one comprehension
         when plain pickle takes them all, as it does for most maps."""
         try:
             return [pickle.dumps((args, NO_KWARGS), protocol=pickle.HIGHEST_PROTOCOL)
                     for args in arguments]
         except Exception:
-            return [TaskBook.pickle_arguments(args, {}) for args in arguments]
+            return [cls.pickle_arguments(args, {}) for args in arguments]
 
     def make_task(self, entry: FunctionEntry, payload: bytes, sink: Sink, index: int,
                   retries: int, timeout: float | None) -> Task:
-        return Task(next(self.task_ids), entry.function_id, payload, sink, index, retries, timeout)
+        return self.make_tasks(entry, [payload], sink, index, retries, timeout)[0]
 
     def make_tasks(self, entry: FunctionEntry, payloads: list[bytes], sink: Sink,
                    first_index: int, retries: int, timeout: float | None) -> list[Task]:
@@ -198,6 +198,8 @@ class TaskBook:
             if self.closing:
                 raise FarmShutdown("the farm is shut down; create a new Farm to submit more work")
             tasks = list(tasks)
+            if not tasks:  # an empty map: nothing would ever release the entry
+                return
             self.entries[entry.function_id] = entry  # every task of one call runs it
             entry.users += len(tasks)
             self.unfinished.update((task.task_id, task) for task in tasks)

@@ -36,12 +36,12 @@ class SharedInfra:
             self.log = log if log is not None else self._own(EventLog(run_id=run_id))
             self.budget = budget if budget is not None else self._own(
                 CoordinationBudget(BudgetLimits(), run_id=run_id))
-            self.budget.record_events_in(self.log)  # every grant, denial and refund is an event
             self._policy_set = policies if policies is not None else self._own(
                 PolicySet(run_id=run_id))
         except BaseException:  # a part that did not fit (SharedMemoryFull): none stays behind
             self.close()
             raise
+        self.budget.record_events_in(self.log)  # every grant, denial and refund is an event
         self.policies = PolicyEngine(self._policy_set)
 
     def _own(self, part: Any) -> Any:

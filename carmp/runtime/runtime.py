@@ -88,6 +88,7 @@ from carmp.shared.state import StateStore
 
 RETRY_BASE = 0.1  # seconds before the first retry; doubled for each next one
 LEVEL_THREADS = 32  # at most this many actions of a concurrent level run at once
+LIST_ITEMS_KEPT = 8  # of a list in an event too large for the log (see _append_fitting)
 
 StateView = StateStore | AgentContext
 
@@ -421,24 +422,34 @@ class _Execution:
 
 
 def _append_fitting(log: EventLog, kind: EventKind, action_id: str | None,
-                   proposal_id: str | None, data: dict[str, Any]) -> None:
+                    proposal_id: str | None, data: dict[str, Any]) -> None:
     """Append a runtime event whose texts come from the proposal or a tool (ids, a
-    rejection reason, a tool's error message) and so may be of any length: cut to fit the
-    log's max_event_size, so that neither InvalidProposal nor a failed action turns into
-    EventTooLarge, and the event is never lost."""
+    rejection reason, a tool's error message, the keys a rollback restored) and so may be
+    of any size: cut to fit the log's max_event_size, so that neither InvalidProposal nor a
+    failed action turns into EventTooLarge, and the event is never lost."""
     try:
         log.append(kind, action_id=action_id, proposal_id=proposal_id, data=data)
+        return
     except EventTooLarge:
-        room = max(16, log.max_event_size // 16)  # characters per text: several fit
+        pass
+    room = max(16, log.max_event_size // 16)
+    try:
         log.append(kind, action_id=_cut(action_id, room), proposal_id=_cut(proposal_id, room),
                    data={name: _cut(value, room) for name, value in data.items()})
+    except EventTooLarge:  # still too large (many long texts, or escapes of 6 bytes each)
+        log.append(kind, action_id=_cut(action_id, 16), proposal_id=_cut(proposal_id, 16),
+                   data={"cut_to_fit": sorted(data)})
 
 
 def _cut(value: Any, room: int) -> Any:
-    """A long string shortened to `room` characters and a note of its length."""
-    if not isinstance(value, str) or len(value) <= room:
-        return value
-    return f"{value[:room]}... ({len(value)} characters)"
+    """A long string shortened to `room` characters and a note of its length; a long list
+    to its first LIST_ITEMS_KEPT items (each cut) and a note of its length."""
+    if isinstance(value, str):
+        return value if len(value) <= room else f"{value[:room]}... ({len(value)} characters)"
+    if isinstance(value, list):
+        kept = [_cut(item, room) for item in value[:LIST_ITEMS_KEPT]]
+        return kept if len(value) <= LIST_ITEMS_KEPT else [*kept, f"... ({len(value)} items)"]
+    return value
 
 
 def _unquoted(exc: LookupError) -> str:

@@ -524,6 +524,7 @@ class CoordinationBudget:
             if slot < 0 and self._reclaim_locked(refunds):
                 slot = self._free_slot()
             if slot < 0:
+                self._region.fetch_add(RESERVATIONS_DENIED, 1)
                 raise LeaseTableFull(
                     f"all {self._slots} lease slots of {self.name} are held; commit or release "
                     "leases first, or create the budget with more lease_slots"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 from collections.abc import Iterator
 
 
@@ -55,16 +56,40 @@ def rss_bytes(pid: int | str = "self") -> int:
         return 0
 
 
+_pause_lock = threading.Lock()
+_pauses = 0  # bursts in progress, in any thread
+_collector_was_on = False  # before the first of them
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Hold this process's cyclic collector for a bounded burst of allocations that all
     stay alive (a batch of events, a map's tasks): the young-generation collections they
-    would trigger free nothing and cost a large share of the burst."""
-    collecting = gc.isenabled()
-    if collecting:
-        gc.disable()
+    would trigger free nothing and cost a large share of the burst. Bursts in several
+    threads nest; the collector comes back as it was once the last one ends."""
+    global _pauses, _collector_was_on
+    with _pause_lock:
+        if _pauses == 0:
+            _collector_was_on = gc.isenabled()
+            gc.disable()
+        _pauses += 1
     try:
         yield
     finally:
-        if collecting:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _collector_was_on:
+                gc.enable()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked during another thread's burst: that thread is not here to end it."""
+    global _pause_lock, _pauses
+    _pause_lock = threading.Lock()
+    if _pauses:
+        _pauses = 0
+        if _collector_was_on:
             gc.enable()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -50,6 +50,8 @@ BUDGET_SKIPPED = "not started: the coordination budget refused it"
 MONITOR_INTERVAL = 0.001
 # how long the checks wait for the last kills to show in the log (the promise is 1 s)
 DETECTION_WAIT = 5.0
+# a process created this long apart from a worker's start event is not that worker
+PID_REUSE_SLACK = 1.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ def run_round(config: ChaosConfig) -> RoundReport:
         raise ValueError(f"pattern must be one of {PATTERNS}, got {config.pattern!r}")
     report = RoundReport(config)
     rng = random.Random(config.seed)
-    started_pids: set[int] = set()
+    started: dict[int, int] = {}
     farm = Farm(workers=config.workers, start_method=config.start_method,
                 budget=BudgetLimits(max_total_tokens=config.cap))
     run_id = farm.run_id
@@ -229,7 +231,7 @@ def run_round(config: ChaosConfig) -> RoundReport:
         _check_outputs(outputs, report)
         _check_budget(infra.budget, report)
         events = _read_log(farm, killer.kills, report)
-        started_pids = {e.data["pid"] for e in events if e.kind == "worker_started"}
+        started = {e.data["pid"]: e.timestamp_ns for e in events if e.kind == "worker_started"}
         _check_state(infra.state.snapshot(), events, report)
         _check_detection(killer.kills, events, report)
         _check_agents_ended(killer.kills, events, report)
@@ -237,7 +239,7 @@ def run_round(config: ChaosConfig) -> RoundReport:
         report.tasks = stats.done + stats.failed
     finally:
         farm.shutdown()
-    _check_leftovers(run_id, started_pids, report)
+    _check_leftovers(run_id, started, report)
     return report
 
 
@@ -349,6 +351,16 @@ def _check_detection(kills: dict[int, int], events: list[Event], report: RoundRe
             report.detection_ms.append(max(0.0, (ended[pid] - killed_at) / 1e6))
 
 
+def _still_there(pid: int, started_ns: int) -> bool:
+    """Whether the worker that started as `pid` at `started_ns` still exists, a zombie
+    included (nobody reaped it); a process that reuses its pid later is another one."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    return abs(created - started_ns / 1e9) < PID_REUSE_SLACK
+
+
 def _check_agents_ended(kills: dict[int, int], events: list[Event],
                         report: RoundReport) -> None:
     """Seen from the log: every agent that started finished, or its worker was killed."""
@@ -362,11 +374,11 @@ def _check_agents_ended(kills: dict[int, int], events: list[Event],
                                      "neither finished nor lost its worker")
 
 
-def _check_leftovers(run_id: str, pids: set[int], report: RoundReport) -> None:
+def _check_leftovers(run_id: str, started: dict[int, int], report: RoundReport) -> None:
+    """`started`: each worker's pid and when the farm said it started (wall clock ns)."""
     report.leaked = sorted(name for name in os.listdir("/dev/shm") if run_id in name)
     if report.leaked:
         report.violations.append(f"leaked shared-memory names: {report.leaked}")
-    # a zombie counts too: nobody reaped it
-    report.orphans = sorted(pid for pid in pids if psutil.pid_exists(pid))
+    report.orphans = sorted(pid for pid, at in started.items() if _still_there(pid, at))
     if report.orphans:
         report.violations.append(f"worker processes outlived the farm: {report.orphans}")

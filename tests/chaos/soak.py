@@ -1,13 +1,14 @@
 """The soak: many randomized chaos rounds in one supervisor process, then a summary.
 
-    python -m tests.chaos.soak --rounds 200 [--seed 1] [--out FILE]    (make soak)
+    python -m tests.chaos.soak [--rounds N] [--seed S] [--out FILE]
+    make soak SOAK_ROUNDS=N    (300 rounds by default, summary in bench/results/soak.md)
 
-Each round draws a pattern, start method, worker and agent counts, steps, budget cap and
-kill rate, runs tests/chaos/chaos.py's round and its checks. The supervisor's RSS is
-read after every round: once the run is warm (past the warm-up rounds and half the
-run) it must stay flat (growth under RSS_GROWTH_LIMIT to the end), or the soak fails
-like it does on any violation. The summary table
-goes to stdout and, with --out, to a Markdown file.
+Each round draws a pattern, start method, worker and agent counts, steps, budget cap,
+event burst and kill rate, and runs tests/chaos/chaos.py's round and its checks. The
+supervisor's RSS is read after every round: once the run is warm (past the warm-up
+rounds and half the run) it must stay flat (growth under RSS_GROWTH_LIMIT to the end),
+or the soak fails as it does on any violation. The summary table goes to stdout and,
+with --out, to a Markdown file.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from datetime import datetime, timezone
 
 import psutil
 
-from tests.chaos.chaos import PATTERNS, ChaosConfig, RoundReport, run_round
 from carmp.backends.local import START_METHODS
+from tests.chaos.chaos import PATTERNS, ChaosConfig, RoundReport, run_round
 
 WARM_UP_ROUNDS = 10
 RSS_GROWTH_LIMIT = 4 * 1024 * 1024
@@ -79,7 +80,7 @@ def summary(reports: list[RoundReport], rss_mib: list[float], seconds: float) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="randomized chaos rounds; fails on any "
                                                  "broken promise or a growing supervisor")
-    parser.add_argument("--rounds", type=int, default=100, help="how many rounds (default 100)")
+    parser.add_argument("--rounds", type=int, default=300, help="how many rounds (default 300)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the round plans")
     parser.add_argument("--out", help="also write the summary, as Markdown, to this file")
     args = parser.parse_args(argv)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import psutil
 import pytest
 
+from carmp.backends.local import START_METHODS
 from carmp.shared.budget import BudgetLimits, CoordinationBudget, TokenAccounting
 from carmp.shared.event import Event
 from carmp.shared.state import StateStore
@@ -25,7 +27,6 @@ from tests.chaos.chaos import (
     run_round,
     typed_failure,
 )
-from carmp.backends.local import START_METHODS
 
 
 ROUNDS = [(method, pattern) for method in START_METHODS for pattern in PATTERNS]
@@ -97,8 +98,13 @@ def test_the_budget_check_catches_a_held_lease_and_the_monitor_an_over_grant() -
 def test_the_leftover_check_catches_a_live_worker_and_a_leaked_name() -> None:
     with StateStore(run_id="chaostest1"):
         report = RoundReport(ChaosConfig())
-        _check_leftovers("chaostest1", {os.getpid()}, report)
-        assert report.orphans == [os.getpid()]
+        me = os.getpid()
+        created_ns = int(psutil.Process(me).create_time() * 1e9)
+        _check_leftovers("chaostest1", {me: created_ns}, report)
+        assert report.orphans == [me]
+        reused = RoundReport(ChaosConfig())  # the pid, but of a process made much later
+        _check_leftovers("chaostest2", {me: created_ns - 3_600 * 10**9}, reused)
+        assert reused.orphans == []
         assert report.leaked and all("chaostest1" in name for name in report.leaked)
 
 

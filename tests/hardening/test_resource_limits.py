@@ -440,11 +440,12 @@ def test_a_rule_that_fills_the_policy_set_exactly_fits_and_one_byte_more_changes
 
 def test_a_full_lease_table_changes_nothing_and_its_leases_still_settle() -> None:
     with CoordinationBudget(BudgetLimits(max_total_tokens=100), lease_slots=2) as budget:
-        held = [budget.reserve(TokenAccounting(10, 0)) for _ in range(2)]  # at the limit
+        held = [budget.reserve(TokenAccounting(10, 0)) for _ in range(2)]  # every lease slot held
         before = (budget.ledger(), budget.leases(), budget.snapshot())
         with pytest.raises(LeaseTableFull, match="more lease_slots"):
             budget.reserve(TokenAccounting(1, 0))
         assert (budget.ledger(), budget.leases(), budget.snapshot()) == before
+        assert budget.statistics().reservations_denied == 1  # counted as the event says
         for lease in held:
             budget.commit(lease, TokenAccounting(5, 0))
         assert budget.snapshot().total_tokens == 10 and budget.statistics().leases_held == 0
@@ -547,6 +548,26 @@ def test_a_tool_error_longer_than_an_event_fails_its_action_not_the_runtime(
     (failed,) = runtime.log.filter("action_failed")
     assert f"({BIG + len('RuntimeError: ')} characters)" in failed.data["error"]
     assert _snapshot(runtime) == before and _kinds(runtime)[-1] == "state_rollback"
+
+
+def test_a_rollback_of_more_keys_than_an_event_holds_is_logged_cut() -> None:
+    """A proposal that wrote 80 keys, then failed: the state_rollback event lists the first
+    restored keys and how many there were, and the caller gets the aborted result."""
+    def fail() -> None:
+        raise RuntimeError("no")
+
+    with StateStore() as state, EventLog(1 << 16, max_event_size=1024) as log, \
+            Runtime(state, log) as runtime:
+        runtime.register_tool("fail", fail)
+        writes = [_write(f"key-{i:03}-{'x' * 20}", i, f"w{i}") for i in range(80)]
+        result = runtime.execute({"actions": [
+            *writes, {"id": "boom", "type": "tool_call", "tool": "fail",
+                      "dependencies": [w["id"] for w in writes]}]})
+        assert result.aborted and state.snapshot() == {}
+        rollback = log.events()[-1]
+        assert rollback.kind == "state_rollback"
+        assert rollback.data["restored"][-1] == "... (80 items)"
+        assert len(rollback.data["restored"]) == 9
 
 
 def test_ids_longer_than_an_event_holds_still_run_and_log_every_step(runtime: Runtime) -> None:

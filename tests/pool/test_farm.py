@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import collections
+import concurrent.futures
 import os
 import random
 import signal
@@ -212,6 +212,15 @@ def test_a_map_pickles_items_plainly_or_by_value_and_refuses_unpicklable_ones(fa
         farm.map(tasks.echo, [1, threading.Lock(), 3])
     assert farm.statistics().done == before.done and farm.statistics().pending == 0
     assert farm.map(tasks.square, range(10), chunksize=3) == [x * x for x in range(10)]
+
+
+def test_an_empty_map_keeps_nothing(farm: Farm) -> None:
+    """Nothing would ever release the function of a map without tasks: it is not kept."""
+    for _ in range(3):
+        assert farm.map(lambda x: x, []) == []
+        assert list(farm.imap(lambda x: x, [])) == []
+    executor: Any = farm._supervisor
+    assert executor.entries == {}
 
 
 def test_payload_failures_in_the_worker_and_on_the_way_back(farm: Farm) -> None:

@@ -556,7 +556,6 @@ def test_sigkill_at_random_points_of_reserve_and_commit_keeps_the_books(make_bud
 
 
 def test_decisions_are_recorded_in_an_event_log(make_budget: Any, mp_context: Any) -> None:
-
     with EventLog() as log:
         budget = make_budget(BudgetLimits(max_total_tokens=100, max_agents=1))
         budget.record_events_in(log)
