@@ -66,6 +66,7 @@ def summary(reports: list[RoundReport], rss_mib: list[float], seconds: float) ->
         ("budget ledger samples", sum(r.budget_samples for r in reports)),
         ("budget lock recoveries", sum(r.lock_recoveries for r in reports)),
         ("dead leases refunded", sum(r.dead_leases_refunded for r in reports)),
+        ("tokens kept from commits a kill cut short", sum(r.spend_of_cut_commits for r in reports)),
         ("leaked shared-memory names", sum(len(r.leaked) for r in reports)),
         ("orphan worker processes", sum(len(r.orphans) for r in reports)),
         ("max kill-to-detection latency",

@@ -85,9 +85,14 @@ def test_the_budget_check_catches_a_held_lease_and_the_monitor_an_over_grant() -
     with CoordinationBudget(BudgetLimits(max_total_tokens=100)) as budget:
         budget.reserve(TokenAccounting(output_tokens=60))  # held by this live process
         report = RoundReport(ChaosConfig())
-        _check_budget(budget, report)
+        _check_budget(budget, 60, report)
         assert any("leases still held" in v for v in report.violations)
         assert any("still reserved" in v for v in report.violations)
+    with CoordinationBudget(BudgetLimits(max_total_tokens=100)) as budget:
+        budget.record_output(TokenAccounting(output_tokens=5))  # spend with no lease at all
+        unbalanced = RoundReport(ChaosConfig())
+        _check_budget(budget, 60, unbalanced)
+        assert any("does not balance" in v for v in unbalanced.violations)
         monitor = BudgetMonitor(budget, report)
         budget.ledger = lambda: {"limits": (2**64 - 1, 2**64 - 1, 100, 2**64 - 1),  # type: ignore[method-assign]
                                  "granted": (0, 0, 160, 0), "refunded": (0, 0, 50, 0)}
