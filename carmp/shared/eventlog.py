@@ -65,6 +65,7 @@ from carmp.errors import (
     EventTooLarge,
     InvalidEvent,
     InvalidEventLog,
+    JournalCorrupt,
     SegmentCorrupt,
 )
 from carmp.shared.event import (
@@ -89,6 +90,8 @@ KIND = "events"
 MIB = 1 << 20
 DEFAULT_CAPACITY = 4 * MIB
 DEFAULT_MAX_EVENT_SIZE = 64 * 1024
+# load() stands a gap event in for each seq a journal lacks, up to this many in all
+MAX_MISSING_SEQS = 1_000_000
 MIN_MAX_EVENT_SIZE = 256
 DEFAULT_HOLE_TIMEOUT = 1.0
 DEFAULT_BACKPRESSURE_TIMEOUT = 10.0
@@ -637,6 +640,13 @@ class EventLog:
         if "journal" in options:
             raise InvalidEventLog("load() builds a log from a journal; it does not write one")
         events, report = read_journal(path, strict=strict)
+        missing = events[-1].seq - events[0].seq + 1 - len(events) if events else 0
+        if missing > MAX_MISSING_SEQS:  # each would cost a gap event and ring space
+            raise JournalCorrupt(
+                f"{path}: its events skip {missing:,} sequence numbers between seq "
+                f"{events[0].seq} and seq {events[-1].seq}, more than lines lost explain: "
+                "seq fields are corrupt; find the line whose seq jumps, fix or remove it, "
+                "and load again")
         payloads = [encode_payload(event.kind, event.action_id, event.proposal_id, event.run_id,
                                    event.writer, event.data, event.prev_hash, event.hash)
                     for event in events]

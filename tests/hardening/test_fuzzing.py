@@ -49,7 +49,7 @@ from carmp.shared import segment as segment_module
 from carmp.shared import state as state_layout
 from carmp.shared.budget import BudgetLimits, CoordinationBudget
 from carmp.shared.event import EventKind
-from carmp.shared.eventlog import _RING, EventLog
+from carmp.shared.eventlog import _RING, MAX_MISSING_SEQS, EventLog
 from carmp.shared.mailbox import Mailbox
 from carmp.shared.policy import PolicySet, Rule
 from carmp.shared.segment import HEADER_SIZE, SHM_DIR, list_segment_names, new_run_id
@@ -309,6 +309,20 @@ def test_a_journal_line_no_ring_can_hold_is_a_bad_line(tmp_path: Path,
     with pytest.warns(EventJournalWarning), EventLog.load(path) as log:
         assert [event.seq for event in log.events()] == [0]
         assert log.load_report is not None and log.load_report.skipped[0].line == 2
+
+
+def test_a_journal_whose_seqs_jump_far_ahead_is_refused_quickly(tmp_path: Path) -> None:
+    """load() stands a gap event in for each missing seq: a corrupt seq far ahead used to
+    cost one append per missing seq (minutes) or a ring too large for /dev/shm."""
+    good = {"timestamp_ns": 1, "pid": 1, "kind": "k", "action_id": None, "proposal_id": None,
+            "run_id": None, "writer": None, "data": {}}
+    path = tmp_path / "events.jsonl"
+    jump = MAX_MISSING_SEQS + 3  # seqs 2 .. jump - 1 are missing: one too many
+    path.write_bytes(b"".join(orjson.dumps({**good, "seq": seq}) + b"\n"
+                              for seq in (0, 1, jump)))
+    for strict in (True, False):
+        with pytest.raises(JournalCorrupt, match="skip 1,000,001 sequence numbers"):
+            EventLog.load(path, strict=strict)
 
 
 # ---- segment attach -----------------------------------------------------------------------------
