@@ -202,16 +202,14 @@ class Dispatch:
         self.segment.close()
 
 
-def fragments(tag: int, payload: bytes, limit: int) -> Iterator[tuple[int, bytes]]:
-    """Split a payload into records of at most `limit` bytes; all but the last carry FRAGMENT."""
+def fragments(tag: int, payload: bytes, limit: int) -> list[tuple[int, bytes]]:
+    """Split a payload into records of at most `limit` bytes; all but the last carry FRAGMENT.
+    A list: most payloads are one record, on the dispatch hot path."""
     if len(payload) <= limit:
-        yield tag, payload
-        return
+        return [(tag, payload)]
     view = memoryview(payload)
-    for start in range(0, len(payload), limit):
-        piece = bytes(view[start:start + limit])
-        last = start + limit >= len(payload)
-        yield (tag if last else tag | FRAGMENT), piece
+    return [((tag if start + limit >= len(payload) else tag | FRAGMENT),
+             bytes(view[start:start + limit])) for start in range(0, len(payload), limit)]
 
 
 class Reassembler:

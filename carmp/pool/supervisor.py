@@ -56,7 +56,6 @@ from carmp.errors import (
 from carmp.pool import dispatch as d
 from carmp.pool.tasks import (
     FUNCTIONS_PER_WORKER,
-    FarmStatistics,
     Sink,
     Task,
     TaskBook,
@@ -155,7 +154,6 @@ class Supervisor(TaskBook):
         self.stopped = False
         self.next_rss_check = 0.0
         self.start_failures = 0
-        self.final_statistics: FarmStatistics | None = None
         # how many tasks the pump keeps queued at each worker: one figure for all of them
         # (a map's tasks are alike), so a batch is dealt evenly (see adapt())
         self.in_flight_limit = MIN_IN_FLIGHT * 2
@@ -217,7 +215,7 @@ class Supervisor(TaskBook):
                     if not state.exited:
                         state.exited = True
                         self.deaths.append(state.slot.index)
-                self.result_channels[0].ring()
+                self.wake_collector()
 
     # ---- submitting ---------------------------------------------------------------------------
 
@@ -253,10 +251,7 @@ class Supervisor(TaskBook):
                 forgotten, _ = state.functions.popitem(last=False)
                 state.outbox.append((d.FORGET, d.ID.pack(forgotten)))
         body = d.TASK_HEADER.pack(task.task_id, task.function_id) + task.payload
-        if len(body) <= limit:  # most tasks: one message
-            state.outbox.append((d.TASK, body))
-        else:
-            state.outbox.extend(d.fragments(d.TASK, body, limit))
+        state.outbox.extend(d.fragments(d.TASK, body, limit))
         if not state.queued and state.ready:  # work for an idle worker: its clock starts
             state.busy_since = time.monotonic()
         state.queued.append(task)
@@ -495,25 +490,16 @@ class Supervisor(TaskBook):
             wait = min(wait, RSS_CHECK_INTERVAL)
         return wait
 
-    def cancel_task(self, task_id: int, reason: str) -> bool:
-        """TaskFuture.kill(): False if the task already finished."""
-        with self.lock:
-            task = self.unfinished.get(task_id)
-            if task is None:
-                return False
-            if task in self.pending:
-                self.pending.remove(task)
-                self.fail_cancelled(task, 0, reason)
-                return True
-            self.doomed[task_id] = reason
-            runner = next((s for s in self.states
-                           if s.slot.running()[0] == task_id and not s.exited), None)
-            if runner is None:  # queued at a worker: fails now; the collector watches it
-                self.fail_cancelled(task, 0, reason)
-            elif runner.kill_reason is None:
-                self.kill(runner, ("cancel", task_id))
+    def stop_started(self, task: Task, reason: str) -> None:
+        runner = next((s for s in self.states
+                       if s.slot.running()[0] == task.task_id and not s.exited), None)
+        if runner is None:  # queued at a worker: fails now; the collector watches it
+            self.fail_cancelled(task, 0, reason)
+        elif runner.kill_reason is None:
+            self.kill(runner, ("cancel", task.task_id))
+
+    def wake_collector(self) -> None:
         self.result_channels[0].ring()
-        return True
 
     def kill_doomed(self) -> None:
         """Kill each worker that started a task kill() stopped."""
@@ -628,7 +614,7 @@ class Supervisor(TaskBook):
                 "the farm shut down before this task finished; its worker was stopped"))
             self.final_statistics = self.statistics()
             self.stopped = True
-        self.result_channels[0].ring()
+        self.wake_collector()
         with self.helpers_changed:
             self.helpers_changed.notify_all()
         os.write(self.monitor_wakeup[1], b"x")
@@ -646,23 +632,11 @@ class Supervisor(TaskBook):
         with self.lock:
             return [s.pid for s in self.states if s.ready and not s.exited]
 
-    def statistics(self) -> FarmStatistics:
-        with self.lock:
-            if self.final_statistics is not None:
-                return self.final_statistics
-            running = sum(1 for s in self.states if s.slot.running()[0])
-            return FarmStatistics(
-                workers=len(self.states),
-                alive=sum(1 for s in self.states if not s.exited and s.process.exitcode is None),
-                pending=len(self.pending),
-                running=running,
-                done=self.counts["done"],
-                failed=self.counts["failed"],
-                respawns=self.counts["respawns"],
-                recycled=self.counts["recycled"],
-                crashed=self.counts["crashed"],
-                events_dropped=self.counts["events_dropped"],
-            )
+    def worker_counts(self) -> tuple[int, int, int]:
+        states = self.states
+        return (len(states),
+                sum(1 for s in states if not s.exited and s.process.exitcode is None),
+                sum(1 for s in states if s.slot.running()[0]))
 
 
 @contextlib.contextmanager

@@ -107,7 +107,8 @@ class TaskBook:
     """The task bookkeeping every executor shares: it turns a caller's function and
     arguments into Tasks (one pickle per distinct function object, reused by every task
     that calls it), queues them, settles them and records farm events. An executor adds
-    how tasks reach workers: pump(), which starts pending tasks, and forget_queued()."""
+    how tasks reach workers: pump(), which starts pending tasks, forget_queued(),
+    stop_started() and wake_collector() for kill(), and worker_counts() for statistics."""
 
     def __init__(self, run_id: str, log: Any, task_events: bool) -> None:
         self.run_id = run_id
@@ -126,6 +127,7 @@ class TaskBook:
         self.counts = collections.Counter[str]()
         self.broken: BaseException | None = None
         self.closing = False
+        self.final_statistics: FarmStatistics | None = None  # set once the executor stopped
 
     def pump(self) -> None:
         raise NotImplementedError
@@ -133,6 +135,46 @@ class TaskBook:
     def forget_queued(self) -> None:
         """Drop the tasks queued at workers (they are failed or requeued by the caller)."""
         raise NotImplementedError
+
+    def stop_started(self, task: Task, reason: str) -> None:
+        """kill() of a task that already left `pending` (lock held, task in `doomed`): fail
+        it now if its worker has not started it, else have that worker killed."""
+        raise NotImplementedError
+
+    def wake_collector(self) -> None:
+        """Make the thread that collects results look again (a kill, a death, a stop)."""
+        raise NotImplementedError
+
+    def worker_counts(self) -> tuple[int, int, int]:
+        """(workers, alive, running a task) for statistics(); the lock is held."""
+        raise NotImplementedError
+
+    def cancel_task(self, task_id: int, reason: str) -> bool:
+        """TaskFuture.kill(): False if the task already finished."""
+        with self.lock:
+            task = self.unfinished.get(task_id)
+            if task is None:
+                return False
+            if task in self.pending:
+                self.pending.remove(task)
+                self.fail_cancelled(task, 0, reason)
+                return True
+            self.doomed[task_id] = reason
+            self.stop_started(task, reason)
+        self.wake_collector()
+        return True
+
+    def statistics(self) -> FarmStatistics:
+        with self.lock:
+            if self.final_statistics is not None:
+                return self.final_statistics
+            workers, alive, running = self.worker_counts()
+            counts = self.counts
+            return FarmStatistics(
+                workers=workers, alive=alive, pending=len(self.pending), running=running,
+                done=counts["done"], failed=counts["failed"], respawns=counts["respawns"],
+                recycled=counts["recycled"], crashed=counts["crashed"],
+                events_dropped=counts["events_dropped"])
 
     def function_entry(self, function: Callable[..., Any]) -> FunctionEntry:
         """One pickle per distinct function object, reused by every task that calls it."""

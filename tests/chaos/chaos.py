@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -99,24 +99,34 @@ class RoundReport:
         return max(self.detection_ms, default=0.0)
 
 
-class Killer:
-    """SIGKILLs a random ready worker of `farm` once a task runs, then after each
-    exponentially distributed delay; remembers which pid died when (wall clock ns, the
-    event log's clock)."""
+class Background:
+    """A daemon thread that runs _run() while a with-block runs; _stop says when to end."""
 
-    def __init__(self, farm: Farm, rng: random.Random, mean_interval: float) -> None:
-        self.farm, self.rng, self.mean_interval = farm, rng, mean_interval
-        self.kills: dict[int, int] = {}
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chaos-killer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> Killer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Killer(Background):
+    """SIGKILLs a random ready worker of `farm` once a task runs, then after each
+    exponentially distributed delay; remembers which pid died when (wall clock ns, the
+    event log's clock)."""
+
+    def __init__(self, farm: Farm, rng: random.Random, mean_interval: float) -> None:
+        super().__init__("chaos-killer")
+        self.farm, self.rng, self.mean_interval = farm, rng, mean_interval
+        self.kills: dict[int, int] = {}
 
     def _run(self) -> None:
         # the first kill waits for a running task, so every round kills at least once
@@ -137,22 +147,16 @@ class Killer:
             self.kills.setdefault(pid, time.time_ns())
 
 
-class BudgetMonitor:
-    """Samples the ledger until stopped; any sample where a limited dimension's
-    granted - refunded exceeds its cap is a violation."""
+class BudgetMonitor(Background):
+    """Samples the ledger until stopped (and once more then); any sample where a limited
+    dimension's granted - refunded exceeds its cap is a violation."""
 
     def __init__(self, budget: CoordinationBudget, report: RoundReport) -> None:
+        super().__init__("chaos-budget")
         self.budget, self.report = budget, report
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chaos-budget", daemon=True)
-
-    def __enter__(self) -> BudgetMonitor:
-        self._thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         self.sample()
 
     def _run(self) -> None:

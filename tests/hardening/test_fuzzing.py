@@ -102,6 +102,13 @@ def corrupted(valid: bytes) -> st.SearchStrategy[bytes]:
     return st.one_of(mutated(valid), st.binary(max_size=2 * len(valid)))
 
 
+def corrupted_file(data: st.DataObject, valid: bytes, tmp_path: Path) -> Path:
+    """A file holding a drawn corruption of `valid` (a journal for a loader to read)."""
+    path = tmp_path / "fuzzed.jsonl"
+    path.write_bytes(data.draw(corrupted(valid)))
+    return path
+
+
 def overwrites(size: int) -> st.SearchStrategy[list[tuple[int, bytes]]]:
     """XOR masks (offset, mask) inside a window of `size` bytes whose length must not
     change (a mapped segment): a few flipped bits or scrambled spots, or the whole window
@@ -231,9 +238,7 @@ def test_state_journal_replay_skips_what_it_cannot_trust(
     """Malformed lines are skipped (CRC, shape, JSON); no line ever yields a value that
     was not written, and replay raises nothing."""
     valid, written = state_journal
-    raw = data.draw(corrupted(valid))
-    path = tmp_path / "fuzzed.jsonl"
-    path.write_bytes(raw)
+    path = corrupted_file(data, valid, tmp_path)
 
     def replay(run_id: str) -> None:
         with warnings.catch_warnings():
@@ -270,9 +275,7 @@ def test_event_journal_load_refuses_or_skips_bad_lines(
     """strict=True: the events, or JournalCorrupt. Otherwise bad lines are skipped and
     reported; a load that reports nothing holds exactly the journal's events."""
     valid, originals = event_journal
-    raw = data.draw(corrupted(valid))
-    path = tmp_path / "fuzzed.jsonl"
-    path.write_bytes(raw)
+    path = corrupted_file(data, valid, tmp_path)
 
     def load(run_id: str) -> None:
         with warnings.catch_warnings():

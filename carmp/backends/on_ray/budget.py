@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 
 from carmp.backends.on_ray.cluster import ray_module
-from carmp.backends.on_ray.host import REMEMBERED_REPLIES, HostedClient, start_host
+from carmp.backends.on_ray.host import REMEMBERED_REPLIES, HostedClient, HostedPart, start_host
 from carmp.backends.on_ray.incarnations import (
     dead_predecessors,
     incarnation_run_id,
@@ -369,7 +369,7 @@ def start_budget(limits: BudgetLimits, *, journal: str | None = None) -> RayBudg
     return RayBudget(client, limits, f"ray-budget-{client.call('actor_id')[:12]}")
 
 
-class RayBudget:
+class RayBudget(HostedPart):
     """A CoordinationBudget's surface, answered by the ledger actor. Pickles as its
     HostedClient, limits and name, so it travels into worker actors."""
 
@@ -462,18 +462,6 @@ class RayBudget:
         log client that pickles to the ledger's process), or stop recording (None)."""
         self.hosted.mutate("record_events_in", log)
 
-    def close(self) -> None:
-        """Nothing to do: a client owns nothing (close_host ends the ledger)."""
-
-    def close_host(self) -> None:
-        """End the ledger actor and remove its budget (owner shutdown)."""
-        self.hosted.close_host()
-
-    def __enter__(self) -> RayBudget:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _deadline(timeout: float | None) -> float:

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from carmp.backends.on_ray.cluster import ray_module
-from carmp.backends.on_ray.host import HostedClient, start_host
+from carmp.backends.on_ray.host import HostedClient, HostedPart, start_host
 from carmp.backends.on_ray.incarnations import (
     dead_predecessors,
     incarnation_run_id,
@@ -242,7 +242,7 @@ class PendingEvent(Event):
         return (tuple.__new__, (Event, tuple(self.resolved())))
 
 
-class RayEventLog:
+class RayEventLog(HostedPart):
     """The event log's client: the local EventLog's surface over the log actor. It pickles
     small (its actor handle and settings; an empty buffer on the other side), so it
     travels to worker actors. close() flushes; only close_host() ends the actor."""
@@ -422,13 +422,7 @@ class RayEventLog:
         """For the owner: flush, close the hosted log (journal drained, segment removed)
         and end the actor."""
         self.close()
-        self.hosted.close_host()
-
-    def __enter__(self) -> RayEventLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close_host()
 
 
 def _rebuild(hosted: HostedClient, batch_size: int, writer: str | None,

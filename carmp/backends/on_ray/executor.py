@@ -46,7 +46,6 @@ from carmp.errors import (
 )
 from carmp.pool.tasks import (
     FUNCTIONS_PER_WORKER,
-    FarmStatistics,
     Task,
     TaskBook,
     Undecodable,
@@ -107,7 +106,6 @@ class RayExecutor(TaskBook):
         self.completions: queue.SimpleQueue[tuple[_Worker, _Call] | None] = queue.SimpleQueue()
         self.start_failures = 0
         self.stopped = False
-        self.final_statistics: FarmStatistics | None = None
         with self.lock:
             self.workers = [self.spawn(slot, 0) for slot in range(options.workers)]
         self.collector = threading.Thread(target=self.collect, name="carmp-ray-collector",
@@ -383,22 +381,14 @@ class RayExecutor(TaskBook):
 
     # ---- cancelling -----------------------------------------------------------------------
 
-    def cancel_task(self, task_id: int, reason: str) -> bool:
-        """TaskFuture.kill(): False if the task already finished."""
-        with self.lock:
-            task = self.unfinished.get(task_id)
-            if task is None:
-                return False
-            if task in self.pending:
-                self.pending.remove(task)
-                self.fail_cancelled(task, 0, reason)
-                return True
-            self.doomed[task_id] = reason
-            running = any(w.calls and w.calls[0].task is task for w in self.workers)
-            if not running:  # queued behind another call: fails now, never runs
-                self.fail_cancelled(task, 0, reason)
-        self.completions.put(None)  # the collector kills its actor if it runs it
-        return True
+    def stop_started(self, task: Task, reason: str) -> None:
+        running = any(w.calls and w.calls[0].task is task for w in self.workers)
+        if not running:  # queued behind another call: fails now, never runs
+            self.fail_cancelled(task, 0, reason)
+        # else the collector kills its actor (see enforce_kills)
+
+    def wake_collector(self) -> None:
+        self.completions.put(None)
 
     def forget_queued(self) -> None:
         for worker in self.workers:
@@ -425,7 +415,7 @@ class RayExecutor(TaskBook):
                 "the farm shut down before this task finished; its worker was stopped"))
             self.final_statistics = self.statistics()
             self.stopped = True
-        self.completions.put(None)
+        self.wake_collector()
         self.collector.join()
         self.wait_dead(workers)
         self.flush_events()
@@ -441,19 +431,7 @@ class RayExecutor(TaskBook):
         with self.lock:
             return [w.pid for w in self.workers if w.ready and not w.dead]
 
-    def statistics(self) -> FarmStatistics:
-        with self.lock:
-            if self.final_statistics is not None:
-                return self.final_statistics
-            return FarmStatistics(
-                workers=len(self.workers),
-                alive=sum(1 for w in self.workers if w.ready and not w.dead),
-                pending=len(self.pending),
-                running=sum(1 for w in self.workers if w.calls and w.calls[0].task is not None),
-                done=self.counts["done"],
-                failed=self.counts["failed"],
-                respawns=self.counts["respawns"],
-                recycled=self.counts["recycled"],
-                crashed=self.counts["crashed"],
-                events_dropped=self.counts["events_dropped"],
-            )
+    def worker_counts(self) -> tuple[int, int, int]:
+        workers = self.workers
+        return (len(workers), sum(1 for w in workers if w.ready and not w.dead),
+                sum(1 for w in workers if w.calls and w.calls[0].task is not None))

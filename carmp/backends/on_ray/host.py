@@ -31,7 +31,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from carmp.backends.on_ray.cluster import ray_module
 from carmp.errors import WorldUnavailable
@@ -78,6 +78,27 @@ class PrimitiveHost:
         if close is not None:
             close()
 
+
+
+class HostedPart:
+    """The lifecycle every client of a hosted primitive shares: close() lets go of it
+    here (by default nothing: the actor lives on for other clients), close_host() is the
+    owner's, closing the primitive and ending its actor; a client is a context manager."""
+
+    hosted: HostedClient
+
+    def close(self) -> None:
+        """Nothing to let go: the actor lives on for other clients."""
+
+    def close_host(self) -> None:
+        """For the owner: close the hosted primitive (its segments, journal) and end its actor."""
+        self.hosted.close_host()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 def start_host(factory: Callable[[], Any], *, what: str,
                max_restarts: int = -1) -> HostedClient:

@@ -28,7 +28,7 @@ import itertools
 from typing import Any
 
 from carmp.backends.on_ray.cluster import ray_module
-from carmp.backends.on_ray.host import HostedClient, start_host
+from carmp.backends.on_ray.host import HostedClient, HostedPart, start_host
 from carmp.backends.on_ray.incarnations import (
     dead_predecessors,
     incarnation_run_id,
@@ -134,7 +134,7 @@ def _encode(msg: Message) -> str:
     return msg.to_json()
 
 
-class RayMailbox:
+class RayMailbox(HostedPart):
     """A Mailbox's surface, answered by the mailbox actor. Pickles as its HostedClient
     and name, so it travels into worker actors."""
 
@@ -199,16 +199,6 @@ class RayMailbox:
         if self.owner:
             self.owner = False
             self.close_host()
-
-    def close_host(self) -> None:
-        """End the mailbox actor and remove its queues (owner shutdown)."""
-        self.hosted.close_host()
-
-    def __enter__(self) -> RayMailbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class RayReceiver:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from carmp.backends.on_ray.cluster import ray_module
-from carmp.backends.on_ray.host import HostedClient, start_host
+from carmp.backends.on_ray.host import HostedClient, HostedPart, start_host
 from carmp.backends.on_ray.incarnations import (
     dead_predecessors,
     incarnation_run_id,
@@ -134,7 +134,7 @@ def start_policies(**options: Any) -> RayPolicySet:
     return RayPolicySet(start_host(factory, what=WHAT))
 
 
-class RayPolicySet:
+class RayPolicySet(HostedPart):
     """The policy set's client: PolicySet's surface over the policy actor. Pickles as its
     actor handle (an empty rule cache on the other side), so it travels to workers."""
 
@@ -227,15 +227,3 @@ class RayPolicySet:
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop using the set here; the actor lives on for other clients."""
-
-    def close_host(self) -> None:
-        """For the owner: close the hosted set (its segment removed) and end the actor."""
-        self.hosted.close_host()
-
-    def __enter__(self) -> RayPolicySet:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
